@@ -1,0 +1,37 @@
+"""Where things are: the trainer shim folder and the nnU-Net environment variables."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+from pathlib import Path
+
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def trainer_shim_dir() -> Path:
+    """The folder for nnUNet_extTrainer: the repository's trainers/ (editable install) or its copy in the wheel."""
+    spec = importlib.util.find_spec("nnunet_allstage.trainer_shim")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nnunet_allstage.trainer_shim is missing: reinstall the package (pip install -e .)")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def env_lines(base: Path | None = None) -> list[str]:
+    base = base or Path.cwd()
+    lines = [f"export nnUNet_extTrainer={shlex.quote(str(trainer_shim_dir()))}"]
+    for name in NNUNET_FOLDERS:
+        if not os.environ.get(name):
+            lines.append(f"export {name}={shlex.quote(str(base / name))}")
+    if not os.environ.get("nnUNet_def_n_proc"):
+        lines.append(f"export nnUNet_def_n_proc={os.cpu_count() or 1}")
+    return lines
+
+
+def apply_default_env(base: Path | None = None) -> None:
+    """Sets, in this process, whatever `env_lines` would export (used by the demo and the pipeline)."""
+    os.environ["nnUNet_extTrainer"] = str(trainer_shim_dir())
+    base = base or Path.cwd()
+    for name in NNUNET_FOLDERS:
+        os.environ.setdefault(name, str(base / name))
+    os.environ.setdefault("nnUNet_def_n_proc", str(os.cpu_count() or 1))

@@ -1,0 +1,120 @@
+"""`nnunet-allstage plan`: nnU-Net's plan-and-preprocess plus our availability bookkeeping."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.modalities import AVAILABILITY_FILE, read_availability
+
+DEFAULT_PLANNER = "ExperimentPlanner"
+PLANNER_PLANS_NAMES = {"ExperimentPlanner": "nnUNetPlans", "nnUNetPlannerResEncM": "nnUNetResEncUNetMPlans",
+                       "nnUNetPlannerResEncL": "nnUNetResEncUNetLPlans",
+                       "nnUNetPlannerResEncXL": "nnUNetResEncUNetXLPlans"}
+
+
+def require_nnunet_paths(*names: str) -> dict[str, Path]:
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise AllStageError(f"{', '.join(missing)} not set; run `eval \"$(nnunet-allstage env)\"` or export them")
+    return {n: Path(os.environ[n]) for n in names}
+
+
+def dataset_name_from_id(dataset_id: int) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    try:
+        return convert_id_to_dataset_name(dataset_id)
+    except RuntimeError:
+        raise AllStageError(f"no dataset with id {dataset_id} in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
+                            f"convert one first (nnunet-allstage convert-brats / convert-folder)") from None
+
+
+def spacing_plans_name(base: str, spacing: Sequence[float]) -> str:
+    parts = [format(float(s), "g") for s in spacing]
+    return f"{base}_{parts[0]}mm" if len(set(parts)) == 1 else f"{base}_{'x'.join(parts)}mm"
+
+
+@contextlib.contextmanager
+def _planning_safe_environment():
+    """nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0."""
+    saved = os.environ.pop("nnUNet_n_proc_DA", None) if os.environ.get("nnUNet_n_proc_DA") == "0" else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["nnUNet_n_proc_DA"] = saved
+
+
+def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullres",), planner: str = DEFAULT_PLANNER,
+                 target_spacing: Sequence[float] | None = None, plans_name: str | None = None,
+                 num_processes: int = 2, gpu_memory_target_gb: float | None = None,
+                 log: Callable[[str], None] = print) -> str:
+    """Fingerprint (with integrity check), plan, preprocess, then write splits and check availability.
+    Returns the plans identifier."""
+    paths = require_nnunet_paths("nnUNet_raw", "nnUNet_preprocessed")
+    name = dataset_name_from_id(dataset_id)
+    raw = paths["nnUNet_raw"] / name
+    record = read_availability(raw)
+    if target_spacing is not None:
+        if len(target_spacing) != 3 or any(s <= 0 for s in target_spacing):
+            raise AllStageError(f"--target-spacing needs three positive numbers, got {list(target_spacing)}")
+        if plans_name is None:
+            plans_name = spacing_plans_name(PLANNER_PLANS_NAMES.get(planner, "nnUNetPlans"), target_spacing)
+        if any(c != "3d_fullres" for c in configurations):
+            raise AllStageError("--target-spacing applies to 3d_fullres only (nnU-Net's own rule); use -c 3d_fullres")
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                      preprocess)
+    with _planning_safe_environment():
+        try:
+            extract_fingerprints([dataset_id], check_dataset_integrity=True, num_processes=num_processes, clean=True)
+        except AssertionError as e:
+            raise AllStageError(f"nnU-Net's dataset integrity check failed for {name}: {e}") from None
+        plans_identifier = plan_experiments([dataset_id], planner, gpu_memory_target_in_gb=gpu_memory_target_gb,
+                                            overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
+        preprocess([dataset_id], plans_identifier, list(configurations), [num_processes])
+    preprocessed = paths["nnUNet_preprocessed"] / name
+    write_splits_final(record, preprocessed)
+    shutil.copyfile(raw / AVAILABILITY_FILE, preprocessed / AVAILABILITY_FILE)
+    plans = json.loads((preprocessed / f"{plans_identifier}.json").read_text())
+    for c in configurations:
+        if c in plans["configurations"]:
+            folder = preprocessed / plans["configurations"][c]["data_identifier"]
+            check_preprocessed_availability(record, folder)
+            log(f"{c}: availability of {len(record['cases'])} cases matches the preprocessed arrays in {folder}")
+    log(f"planned {name} with plans '{plans_identifier}'; train with `nnunet-allstage train -d {dataset_id}"
+        + (f" -p {plans_identifier}" if plans_identifier != "nnUNetPlans" else "") + "`")
+    return plans_identifier
+
+
+def write_splits_final(record: dict, preprocessed: Path) -> None:
+    split = record.get("split")
+    if not split or not split.get("val"):
+        return  # nnU-Net makes its own 5-fold split
+    folds = [{"train": sorted(split["train"]), "val": sorted(split["val"])}]
+    (preprocessed / "splits_final.json").write_text(json.dumps(folds, indent=1))
+
+
+def check_preprocessed_availability(record: dict, folder: Path) -> None:
+    """Marked missing => all zero; marked available => not all zero, per channel of every preprocessed case."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    dataset = infer_dataset_class(str(folder))(str(folder))
+    names = record["modalities"]
+    for key in dataset.identifiers:
+        if key not in record["cases"]:
+            raise AllStageError(f"case {key} of {folder} has no entry in {AVAILABILITY_FILE}")
+        data = dataset.load_case(key)[0]
+        if data.shape[0] != len(names):
+            raise AllStageError(f"case {key}: {data.shape[0]} channels preprocessed, {len(names)} modalities recorded")
+        for c, available in enumerate(record["cases"][key]):
+            nonzero = bool(np.any(np.asarray(data[c])))
+            if available and not nonzero:
+                raise AllStageError(f"case {key}: {names[c]} is marked available but is all zero after preprocessing")
+            if not available and nonzero:
+                raise AllStageError(f"case {key}: {names[c]} is marked missing but is not all zero; a missing "
+                                    f"modality must be stored as an all-zero image")

@@ -1,0 +1,3 @@
+# nnU-Net imports every module of the nnUNet_extTrainer folder under its bare file name and then drops it
+# from sys.modules; re-exporting keeps the classes in nnunet_allstage, so they pickle and spawn correctly.
+from nnunet_allstage.training.trainers import *  # noqa: F401,F403
