@@ -1,2 +1,28 @@
-"""All plugin trainer classes; trainers/nnunet_allstage_trainers.py re-exports this module."""
-__all__: list[str] = []
+"""All plugin trainer classes; trainers/nnunet_allstage_trainers.py re-exports this module.
+
+Short-schedule variants are named as nnU-Net names its own (``_1epoch``, ``_5epochs``, ``_50epochs``); a stage
+finds its predecessor with the same suffix.
+"""
+from nnunet_allstage.training.base import SCHEDULE_SUFFIXES
+from nnunet_allstage.training.mae import AllStageMAETrainer
+from nnunet_allstage.training.segmentation import (AllStageDropoutTrainer, AllStageHyperTrainer,
+                                                   AllStageHyperTrainer_Binary)
+
+BASE_TRAINERS = [AllStageMAETrainer, AllStageHyperTrainer, AllStageHyperTrainer_Binary, AllStageDropoutTrainer]
+
+__all__ = [cls.__name__ for cls in BASE_TRAINERS]
+
+
+def _schedule_variant(base: type, suffix: str) -> type:
+    # the epoch count itself is read from the suffix by AllStageTrainerBase.__init__
+    name = base.__name__ + suffix
+    cls = type(name, (base,), {"__module__": __name__, "__qualname__": name,
+                               "__doc__": f"{base.__name__} with {SCHEDULE_SUFFIXES[suffix]} epoch(s)."})
+    return cls
+
+
+for _base in BASE_TRAINERS:
+    for _suffix in SCHEDULE_SUFFIXES:
+        _cls = _schedule_variant(_base, _suffix)
+        globals()[_cls.__name__] = _cls
+        __all__.append(_cls.__name__)

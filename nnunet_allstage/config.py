@@ -1,0 +1,88 @@
+"""Options of the method (METHOD.md's [default] decisions), changeable without new trainer classes.
+
+nnU-Net's trainer constructor takes no extra arguments, so options come, in increasing priority, from the
+defaults below, from ``allstage_config.json`` in the dataset's nnUNet_preprocessed folder, and from
+environment variables ``NNUNET_ALLSTAGE_<NAME>`` (upper case), e.g. ``NNUNET_ALLSTAGE_MASK_RATIO=0.75``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from nnunet_allstage.errors import AllStageError
+
+CONFIG_FILE = "allstage_config.json"
+ENV_PREFIX = "NNUNET_ALLSTAGE_"
+
+
+@dataclass
+class AllStageConfig:
+    # modality dropout: 'uniform' = one non-empty subset of the available modalities, uniformly; 'none' = off
+    modality_dropout: str = "uniform"
+    # stage 1 masking (M3AE): cubic patches of this many voxels per side, this fraction of kept-modality patches
+    mask_patch_size: int = 16
+    mask_ratio: float = 0.875
+    mae_lr: float = 3e-4
+    mae_weight_decay: float = 5e-4
+    # CLIP text encoder for the hyper-network (classes *_Binary use the binary code instead)
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"  # open_clip tag; 'random-test-only' = random weights (tests and demo only)
+    clip_weights: str = ""  # a local open_clip weights file, used instead of the tag
+    # stage 3 (Eq. 3) and stage 4 (Eq. 7) weights
+    lambda_seg: float = 0.1
+    alpha_data: float = 1.0
+    beta_kd: float = 0.1
+    kd_pool_size: int = 8  # each KD feature map pooled to at most this many positions per axis
+    kd_num_levels: int = 3  # the bottleneck and the deepest encoder skips
+    # explicit predecessor checkpoints (default: found by nnU-Net's folder convention)
+    stage1_checkpoint: str = ""
+    stage2_checkpoint: str = ""
+    stage3_checkpoint: str = ""
+    # schedule overrides for quick runs (0 = the trainer's own value)
+    iterations_per_epoch: int = 0
+    val_iterations_per_epoch: int = 0
+    num_epochs: int = 0
+    preview_cases: int = 2
+
+    def validate(self) -> "AllStageConfig":
+        if self.modality_dropout not in ("uniform", "none"):
+            raise AllStageError(f"modality_dropout must be 'uniform' or 'none', got {self.modality_dropout!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise AllStageError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+        if self.mask_patch_size < 1 or self.kd_pool_size < 1 or self.kd_num_levels < 1:
+            raise AllStageError("mask_patch_size, kd_pool_size and kd_num_levels must be positive")
+        return self
+
+
+def load_config(preprocessed_folder: str | os.PathLike | None = None) -> AllStageConfig:
+    values = {}
+    if preprocessed_folder is not None:
+        path = Path(preprocessed_folder) / CONFIG_FILE
+        if path.is_file():
+            try:
+                values.update(json.loads(path.read_text()))
+            except json.JSONDecodeError as e:
+                raise AllStageError(f"{path}: not valid JSON ({e})") from None
+    types = {f.name: f.type for f in fields(AllStageConfig)}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise AllStageError(f"{CONFIG_FILE}: unknown option(s) {unknown}; known: {sorted(types)}")
+    for name in types:
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = env
+    default = AllStageConfig()
+    converted = {}
+    for name, value in values.items():
+        kind = type(getattr(default, name))
+        try:
+            converted[name] = kind(value)
+        except (TypeError, ValueError):
+            raise AllStageError(f"option {name}: cannot read {value!r} as {kind.__name__}") from None
+    return AllStageConfig(**converted).validate()
+
+
+def describe(config: AllStageConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True)

@@ -1,0 +1,52 @@
+"""Modality dropout (MDrop) and the MAE's MASK(x): batched torch operations, no loops over samples."""
+from __future__ import annotations
+
+import torch
+
+
+def modality_dropout(available: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each row of ``available`` (B, M) in {0,1}, one non-empty subset of its available modalities, uniformly
+    over all such subsets (the full available set is one of them). Rejection sampling of uniform random
+    subsets is exactly uniform over the non-empty ones; a row with nothing available is left as it is."""
+    available = available.bool()
+    code = torch.zeros_like(available)
+    todo = available.any(1)
+    while todo.any():
+        draw = torch.rand(available.shape, generator=generator, device=available.device) < 0.5
+        draw &= available
+        accept = todo & draw.any(1)
+        code[accept] = draw[accept]
+        todo &= ~accept
+    return code.to(torch.float32)
+
+
+def zero_missing(data: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Zero the channels whose code is 0; ``data`` (B, M, *spatial), ``code`` (B, M)."""
+    return data * code.view(*code.shape, *([1] * (data.ndim - 2))).to(data.dtype)
+
+
+def patch_mask(shape: tuple[int, ...], kept: torch.Tensor, patch_size: int, mask_ratio: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Visibility mask (B, M, *spatial) in {0,1}: the kept modalities of each sample are cut into cubic patches
+    and ``mask_ratio`` of all their patches, pooled over modalities, are hidden (each modality gets its own
+    mask, as in M3AE); at least one patch stays visible. Dropped modalities are fully hidden."""
+    b, m, *spatial = shape
+    grid = [-(-s // patch_size) for s in spatial]
+    num_patches = int(torch.tensor(grid).prod())
+    kept = kept.bool()
+    scores = torch.rand((b, m, num_patches), generator=generator, device=kept.device)
+    scores = scores.masked_fill(~kept[:, :, None], float("inf")).view(b, -1)
+    n_visible = ((1 - mask_ratio) * kept.sum(1) * num_patches).round().clamp(min=1).long()
+    rank = scores.argsort(1).argsort(1)
+    visible = (rank < n_visible[:, None]).view(b, m, *grid) & kept.view(b, m, *([1] * len(grid)))
+    for axis, size in enumerate(spatial):
+        visible = visible.repeat_interleave(patch_size, dim=2 + axis).narrow(2 + axis, 0, size)
+    return visible.to(torch.float32)
+
+
+def mask_input(data: torch.Tensor, available: torch.Tensor, patch_size: int, mask_ratio: float,
+               dropout: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MASK(x) of METHOD.md: MDrop, then patch masking of the kept modalities. Returns (masked input, kept code)."""
+    kept = modality_dropout(available, generator) if dropout else available.float()
+    visible = patch_mask(tuple(data.shape), kept, patch_size, mask_ratio, generator)
+    return data * visible.to(data.dtype), kept

@@ -1,0 +1,156 @@
+"""Networks on top of whichever U-Net nnU-Net planned (PlainConvUNet, ResidualEncoderUNet, ...).
+
+Both planned U-Nets expose ``encoder``, ``decoder`` and ``decoder.seg_layers``; the networks here keep those
+attribute names, so state-dict keys stay those of the planned U-Net and weights move between stages by name.
+
+* MAE (stage 1): the planned U-Net itself with M output channels and no deep supervision.
+* `HyperSegNetwork` (stages 2 and 4): the highest-resolution output layer ``decoder.seg_layers[-1]`` is replaced
+  by a `HyperHead`, whose three 1x1x1 convolutions are generated per sample by a controller from the code's
+  embedding and the pooled bottleneck (CLIP-Driven Universal Model / DoDNet). Deep-supervision outputs keep
+  their static heads.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_allstage.modalities import index_to_code
+
+HEAD_CHANNELS = 8
+CONTROLLER_WIDTH = 256
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    groups = next(g for g in (16, 8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+def derive_code(x: torch.Tensor) -> torch.Tensor:
+    """(B, M) availability from the input: an all-zero channel is missing. A sample with every channel zero
+    (a patch in the background or the padding) counts as 'all present'."""
+    code = x.detach().flatten(2).abs().amax(-1) > 0
+    code[~code.any(1)] = True
+    return code.float()
+
+
+def code_indices(code: torch.Tensor) -> torch.Tensor:
+    """Bit-order table rows for (B, M) codes; an all-zero code maps to 'all present'."""
+    bits = code.round().long()
+    bits[bits.sum(1) == 0] = 1
+    weights = 2 ** torch.arange(code.shape[1], device=code.device)
+    return (bits * weights).sum(1) - 1
+
+
+class HyperHead(nn.Module):
+    """Dynamic head: 8 -> 8 -> 8 -> K 1x1x1 convolutions whose weights come from a controller."""
+
+    def __init__(self, in_channels: int, bottleneck_channels: int, embedding_dim: int, num_classes: int,
+                 binary_code: bool):
+        super().__init__()
+        c, k = HEAD_CHANNELS, num_classes
+        self.weight_sizes = [c * c, c * c, c * k]
+        self.bias_sizes = [c, c, k]
+        self.num_classes = num_classes
+        self.feature_proj = nn.Sequential(_group_norm(in_channels), nn.ReLU(inplace=True),
+                                          nn.Conv3d(in_channels, c, 1))
+        self.image_proj = nn.Sequential(_group_norm(bottleneck_channels), nn.ReLU(inplace=True))
+        self.image_fc = nn.Linear(bottleneck_channels, CONTROLLER_WIDTH)
+        if binary_code:  # the paper's binary-code MLP ablation
+            self.text_proj = nn.Sequential(nn.Linear(embedding_dim, CONTROLLER_WIDTH), nn.ReLU(inplace=True),
+                                           nn.Linear(CONTROLLER_WIDTH, CONTROLLER_WIDTH), nn.ReLU(inplace=True))
+        else:
+            self.text_proj = nn.Sequential(nn.Linear(embedding_dim, CONTROLLER_WIDTH), nn.ReLU(inplace=True))
+        self.controller = nn.Linear(2 * CONTROLLER_WIDTH, sum(self.weight_sizes) + sum(self.bias_sizes))
+        self._params: list[torch.Tensor] | None = None
+
+    def condition(self, bottleneck: torch.Tensor, code_embedding: torch.Tensor) -> None:
+        """Generate this batch's head parameters; `forward` (called by the decoder) consumes them."""
+        z_image = self.image_fc(self.image_proj(bottleneck).flatten(2).mean(2))
+        z_text = self.text_proj(code_embedding.to(z_image.dtype))
+        params = self.controller(torch.cat([z_text, z_image], 1))
+        self._params = list(torch.split(params, self.weight_sizes + self.bias_sizes, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._params is None:
+            raise RuntimeError("HyperHead.forward called without condition(); call the HyperSegNetwork instead")
+        weights, biases = self._params[:3], self._params[3:]
+        self._params = None
+        b, spatial = x.shape[0], x.shape[2:]
+        h = self.feature_proj(x).reshape(1, -1, *spatial)
+        ones = [1] * len(spatial)
+        conv = F.conv3d if len(spatial) == 3 else F.conv2d
+        for i, (w, bias) in enumerate(zip(weights, biases)):
+            out_c = w.shape[1] // HEAD_CHANNELS
+            h = conv(h, w.reshape(b * out_c, HEAD_CHANNELS, *ones).to(h.dtype), bias.reshape(-1).to(h.dtype),
+                     groups=b)
+            if i < 2:
+                h = F.relu(h)
+        return h.reshape(b, self.num_classes, *spatial)
+
+
+class HyperSegNetwork(nn.Module):
+    """The planned U-Net with the CLIP-driven hyper head. ``forward(x, code=None)``: without a code (stock
+    ``nnUNetv2_predict``) the code is derived from the input's zero channels."""
+
+    def __init__(self, unet: nn.Module, num_modalities: int, num_classes: int, embedding_dim: int,
+                 binary_code: bool = False):
+        super().__init__()
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        self.num_modalities = num_modalities
+        last = self.decoder.seg_layers[-1]
+        bottleneck_channels = self.encoder.output_channels[-1]
+        self.decoder.seg_layers[-1] = HyperHead(last.in_channels, bottleneck_channels, embedding_dim, num_classes,
+                                                binary_code)
+        # filled by the trainer (text embeddings), restored from checkpoints at inference
+        self.register_buffer("code_table", torch.zeros(2 ** num_modalities - 1, embedding_dim))
+        if binary_code:
+            self.code_table.copy_(torch.tensor([index_to_code(i, num_modalities)
+                                                for i in range(2 ** num_modalities - 1)], dtype=torch.float32))
+        self.code_override: torch.Tensor | None = None  # set by trainers around nnU-Net's own train/val steps
+
+    @property
+    def hyper_head(self) -> HyperHead:
+        return self.decoder.seg_layers[-1]
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor | None = None, return_features: bool = False):
+        if code is None:
+            code = self.code_override if self.code_override is not None else derive_code(x)
+        skips = self.encoder(x)
+        self.hyper_head.condition(skips[-1], self.code_table[code_indices(code.to(x.device))])
+        out = self.decoder(skips)
+        return (out, skips) if return_features else out
+
+
+@contextmanager
+def network_code(network: nn.Module, code: torch.Tensor | None):
+    """Hands ``code`` to a HyperSegNetwork for the calls nnU-Net's own train/validation steps make."""
+    target = getattr(network, "module", network)  # DDP
+    target = getattr(target, "_orig_mod", target)  # torch.compile
+    if not isinstance(target, HyperSegNetwork) or code is None:
+        yield
+        return
+    target.code_override = code
+    try:
+        yield
+    finally:
+        target.code_override = None
+
+
+def transfer_weights(source_state: dict, target: nn.Module, exclude=(".seg_layers.",)) -> tuple[int, list[str]]:
+    """Copy every tensor whose name and shape match, except names containing an ``exclude`` part.
+    Returns (number loaded, names of the target left as they were)."""
+    own = target.state_dict()
+    loaded, skipped = {}, []
+    for name, value in own.items():
+        src = source_state.get(name)
+        if any(e in name for e in exclude) or src is None or src.shape != value.shape:
+            skipped.append(name)
+        else:
+            loaded[name] = src
+    own.update(loaded)
+    target.load_state_dict(own)
+    return len(loaded), skipped

@@ -1,0 +1,239 @@
+"""What every plugin trainer shares: per-case availability, re-zeroing after augmentation, modality dropout,
+options, schedule overrides, predecessor checkpoints and extra checkpoint state."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from time import time
+
+import numpy as np
+import torch
+from torch import autocast
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.paths import nnUNet_raw, nnUNet_results
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_allstage.config import AllStageConfig, describe, load_config
+from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.masking import modality_dropout, zero_missing
+from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_record, modality_names_from_dataset_json,
+                                        read_availability, write_availability)
+from nnunet_allstage.networks import network_code
+from nnunet_allstage.planning import check_preprocessed_availability
+
+SCHEDULE_SUFFIXES = {"_1epoch": 1, "_5epochs": 5, "_50epochs": 50}
+
+
+def schedule_suffix(class_name: str) -> str:
+    return next((s for s in SCHEDULE_SUFFIXES if class_name.endswith(s)), "")
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    network = getattr(network, "module", network)  # DDP
+    return network._orig_mod if isinstance(network, OptimizedModule) else network
+
+
+def load_network_weights(path: Path) -> dict:
+    """A checkpoint's network weights on the CPU (so a GPU checkpoint loads on a CPU machine)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "network_weights" not in checkpoint:
+        raise AllStageError(f"{path} is not an nnU-Net checkpoint (no 'network_weights')")
+    return checkpoint
+
+
+class AllStageTrainerBase(nnUNetTrainer):
+    """nnU-Net's trainer plus availability handling. Subclasses override one thing each."""
+
+    stage_name = "base"
+    use_modality_dropout = True  # MDrop in training steps (METHOD.md conventions)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.allstage_config: AllStageConfig = load_config(self.preprocessed_dataset_folder_base)
+        self.modality_names = modality_names_from_dataset_json(dataset_json)
+        suffix = schedule_suffix(type(self).__name__)
+        if suffix:
+            self.num_epochs = SCHEDULE_SUFFIXES[suffix]
+        cfg = self.allstage_config
+        if cfg.num_epochs:
+            self.num_epochs = cfg.num_epochs
+        if cfg.iterations_per_epoch:
+            self.num_iterations_per_epoch = cfg.iterations_per_epoch
+        if cfg.val_iterations_per_epoch:
+            self.num_val_iterations_per_epoch = cfg.val_iterations_per_epoch
+        self.was_resumed = False
+        self._availability = None
+        self._availability_index: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ availability
+    def initialize(self):
+        super().initialize()
+        self._load_availability()
+        self.print_to_log_file(f"nnunet-allstage {self.stage_name}: options {describe(self.allstage_config)}")
+
+    def _load_availability(self) -> None:
+        if self.preprocessed_dataset_folder_base is None:
+            return  # inference-only construction
+        folder = Path(self.preprocessed_dataset_folder_base)
+        path = folder / AVAILABILITY_FILE
+        if not path.is_file():
+            raw = Path(nnUNet_raw) / self.plans_manager.dataset_name / AVAILABILITY_FILE if nnUNet_raw else None
+            if raw is not None and raw.is_file():
+                if self.local_rank == 0:
+                    shutil.copyfile(raw, path)
+            else:
+                self._derive_availability(path)
+        record = read_availability(path if path.is_file() else raw)
+        if record["modalities"] != self.modality_names:
+            raise AllStageError(f"{path}: modalities {record['modalities']} differ from dataset.json's "
+                                f"{self.modality_names}")
+        keys = sorted(set(record["cases"]) | set(record.get("test_cases", {})))
+        table = {**record.get("test_cases", {}), **record["cases"]}
+        self._availability_record = record
+        self._availability_index = {k: i for i, k in enumerate(keys)}
+        self._availability = torch.tensor([table[k] for k in keys], dtype=torch.float32, device=self.device)
+
+    def _derive_availability(self, path: Path) -> None:
+        """No modality_availability.json (a stock nnU-Net dataset): zero channels of the preprocessed arrays are
+        missing modalities (nnU-Net keeps an all-zero channel exactly zero)."""
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        dataset = infer_dataset_class(self.preprocessed_dataset_folder)(self.preprocessed_dataset_folder)
+        cases = {k: [int(np.any(np.asarray(c))) for c in dataset.load_case(k)[0]] for k in dataset.identifiers}
+        record = make_availability_record(self.modality_names, cases, source="derived from preprocessed arrays")
+        if self.local_rank == 0:
+            write_availability(record, path.parent)
+        self.print_to_log_file(f"{AVAILABILITY_FILE} was missing; derived it from the preprocessed data")
+
+    def check_availability_against_data(self) -> None:
+        t = time()
+        check_preprocessed_availability(self._availability_record, Path(self.preprocessed_dataset_folder))
+        self.print_to_log_file(f"availability of {len(self._availability_record['cases'])} cases checked against "
+                               f"the preprocessed data ({time() - t:.1f} s)")
+
+    def batch_availability(self, keys) -> torch.Tensor:
+        try:
+            rows = [self._availability_index[str(k)] for k in keys]
+        except KeyError as e:
+            raise AllStageError(f"case {e.args[0]} has no entry in {AVAILABILITY_FILE}; re-run "
+                                f"`nnunet-allstage plan`") from None
+        return self._availability[torch.tensor(rows, device=self._availability.device)]
+
+    def prepare_batch(self, batch: dict, training: bool) -> torch.Tensor:
+        """Re-zero missing channels (augmentation noise) and apply MDrop in training. Moves data to the device
+        and returns the modality code the network must see."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        code = self.batch_availability(batch["keys"])
+        if training and self.use_modality_dropout and self.allstage_config.modality_dropout == "uniform":
+            code = modality_dropout(code)
+        batch["data"] = zero_missing(data, code)
+        return code
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batch: dict) -> dict:
+        code = self.prepare_batch(batch, training=True)
+        with network_code(self.network, code):
+            return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        code = self.prepare_batch(batch, training=False)
+        with network_code(self.network, code):
+            return super().validation_step(batch)
+
+    def autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def optimizer_step(self, loss: torch.Tensor, parameters) -> None:
+        """nnU-Net's backward / clip / step, with its grad scaler."""
+        parameters = list(parameters)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 12)
+            self.optimizer.step()
+
+    def log_extra(self, key: str, value) -> None:
+        """Log a value nnU-Net's logger does not know, one per epoch, padded if the key is new."""
+        store = self.logger.local_logger.my_fantastic_logging
+        values = store.setdefault(key, [])
+        while len(values) < self.current_epoch:
+            values.append(None)
+        self.logger.log(key, value, self.current_epoch)
+
+    # ------------------------------------------------------------------ start, predecessors, checkpoints
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.check_availability_against_data()
+        if not self.was_resumed:
+            self.load_predecessors()
+        super().on_train_start()
+
+    def load_predecessors(self) -> None:
+        """Initialise from earlier stages (none for stage 1 and the baselines)."""
+
+    def predecessor_checkpoint(self, stage: int, trainer_base_name: str) -> Path:
+        explicit = getattr(self.allstage_config, f"stage{stage}_checkpoint")
+        trainer_name = trainer_base_name + schedule_suffix(type(self).__name__)
+        if explicit:
+            path = Path(explicit)
+            if not path.is_file():
+                raise AllStageError(f"stage {stage} checkpoint {path} (NNUNET_ALLSTAGE_STAGE{stage}_CHECKPOINT) "
+                                    f"does not exist")
+            return path
+        dataset = self.plans_manager.dataset_name
+        path = (Path(nnUNet_results) / dataset / f"{trainer_name}__{self.plans_manager.plans_name}__"
+                f"{self.configuration_name}" / f"fold_{self.fold}" / "checkpoint_final.pth")
+        if not path.is_file():
+            plans = "" if self.plans_manager.plans_name == "nnUNetPlans" else f" -p {self.plans_manager.plans_name}"
+            raise AllStageError(
+                f"stage {stage} checkpoint not found: {path}. Train it first: nnUNetv2_train {int(dataset[7:10])} "
+                f"{self.configuration_name} {self.fold} -tr {trainer_name}{plans} (or set "
+                f"NNUNET_ALLSTAGE_STAGE{stage}_CHECKPOINT to a checkpoint file)")
+        return path
+
+    def extra_checkpoint_state(self) -> dict:
+        return {}
+
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        pass
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net's, plus extra keys that the predictor ignores
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": unwrap(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "allstage": {"stage": self.stage_name, "options": json.loads(describe(self.allstage_config)),
+                         **self.extra_checkpoint_state()},
+        }
+        tmp = f"{filename}.tmp"
+        torch.save(checkpoint, tmp)
+        Path(tmp).replace(filename)  # an interrupted save never leaves a truncated checkpoint
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("pass a checkpoint path (nnU-Net 2.8.1 cannot load from a dict)")
+        super().load_checkpoint(filename_or_checkpoint)
+        self.was_resumed = True
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        self.load_extra_checkpoint_state(checkpoint.get("allstage", {}))

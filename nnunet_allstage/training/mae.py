@@ -1,0 +1,132 @@
+"""Stage 1: multimodal MAE pre-training (Eq. 1)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_allstage.losses import reconstruction_loss
+from nnunet_allstage.masking import mask_input, zero_missing
+from nnunet_allstage.training.base import AllStageTrainerBase
+
+
+class CosineLRScheduler(torch.optim.lr_scheduler._LRScheduler):
+    """Cosine decay by epoch, stateless like nnU-Net's PolyLRScheduler (so `--c` resumes it exactly)."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int):
+        self.initial_lr, self.max_steps = initial_lr, max(1, max_steps)
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step=None):
+        step = self.last_epoch + 1 if current_step is None else current_step
+        self.last_epoch = step
+        lr = 0.5 * self.initial_lr * (1 + math.cos(math.pi * min(step, self.max_steps) / self.max_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, M) PSNR in dB with each target channel's own peak magnitude as the signal range."""
+    mse = (reconstruction.float() - target.float()).pow(2).flatten(2).mean(2)
+    peak = target.float().abs().flatten(2).amax(2)
+    return 10 * torch.log10(peak.pow(2).clamp(min=1e-8) / mse.clamp(min=1e-10))
+
+
+class MAETrainerMixin:
+    """The MAE's masking, loss, steps and logging; shared by stage 1 and stage 3."""
+
+    def mae_forward(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        available = self.batch_availability(batch["keys"])
+        data = zero_missing(data, available)
+        cfg = self.allstage_config
+        masked, kept = mask_input(data, available, cfg.mask_patch_size, cfg.mask_ratio,
+                                  dropout=cfg.modality_dropout == "uniform")
+        reconstruction = self.network(masked)
+        return data, available, masked, kept, reconstruction
+
+    def validation_step(self, batch: dict) -> dict:
+        with self.autocast():
+            data, available, _, _, reconstruction = self.mae_forward(batch)
+            loss, mse = reconstruction_loss(reconstruction, data, available, per_modality=True)
+        db = psnr(reconstruction, data).masked_fill(available == 0, float("nan"))
+        return {"loss": loss.detach().cpu().numpy(), "mse": mse.cpu().numpy(), "psnr": db.cpu().numpy()}
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]):
+        losses = np.array([o["loss"] for o in val_outputs])
+        mse = np.concatenate([o["mse"] for o in val_outputs])
+        db = np.concatenate([o["psnr"] for o in val_outputs])
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (losses, mse, db))
+            losses = np.concatenate([g[0] for g in gathered])
+            mse = np.concatenate([g[1] for g in gathered])
+            db = np.concatenate([g[2] for g in gathered])
+        with np.errstate(all="ignore"):
+            mse_per_modality = np.nanmean(mse, 0)
+            psnr_per_modality = np.nanmean(db, 0)
+        loss = float(np.mean(losses))
+        # nnU-Net keeps checkpoint_best by the EMA of mean_fg_dice (higher is better): a reconstruction score
+        # 1/(1+MSE) makes that "lowest validation reconstruction error" and keeps progress.png meaningful
+        self.logger.log("mean_fg_dice", 1.0 / (1.0 + loss), self.current_epoch)
+        self.logger.log("dice_per_class_or_region", [float(1.0 / (1.0 + m)) for m in mse_per_modality],
+                        self.current_epoch)
+        self.logger.log("val_losses", loss, self.current_epoch)
+        self.log_extra("val_mse_per_modality", [float(m) for m in mse_per_modality])
+        self.log_extra("val_psnr_per_modality", [float(p) for p in psnr_per_modality])
+        self.print_to_log_file("reconstruction MSE / PSNR per modality: " + ", ".join(
+            f"{n} {m:.4f} / {p:.1f} dB" for n, m, p in zip(self.modality_names, mse_per_modality,
+                                                            psnr_per_modality)))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """No segmentation to validate: write reconstruction previews of a few validation cases instead."""
+        if self.local_rank != 0:
+            return
+        from nnunet_allstage.previews import write_reconstruction_preview
+        _, val_keys = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        self.network.eval()
+        for key in sorted(val_keys)[: self.allstage_config.preview_cases]:
+            out = Path(self.output_folder) / f"reconstruction_preview_{key}.png"
+            write_reconstruction_preview(self, dataset, key, out)
+            self.print_to_log_file(f"reconstruction preview written: {out}")
+
+
+class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
+    """Stage 1: the planned U-Net with an M-channel reconstruction head, deep supervision off, MASK(x) =
+    MDrop + patch masking, Eq. 1 over the modalities available in the data, Adam + cosine decay."""
+
+    stage_name = "stage 1 (MAE)"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.initial_lr = self.allstage_config.mae_lr
+        self.weight_decay = self.allstage_config.mae_weight_decay
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                   enable_deep_supervision: bool = True):
+        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_input_channels, enable_deep_supervision=False)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, CosineLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        pass  # the MAE has a single full-resolution output
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            data, available, _, _, reconstruction = self.mae_forward(batch)
+            loss = reconstruction_loss(reconstruction, data, available)
+        self.optimizer_step(loss, self.network.parameters())
+        return {"loss": loss.detach().cpu().numpy()}
