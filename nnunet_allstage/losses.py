@@ -16,3 +16,50 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, avai
     if per_modality:
         return loss, mse.detach().masked_fill(available == 0, float("nan"))
     return loss
+
+
+def pool_to_grid(feature: torch.Tensor, max_size: int) -> torch.Tensor:
+    """Adaptive average pooling to at most ``max_size`` positions per spatial axis."""
+    size = [min(s, max_size) for s in feature.shape[2:]]
+    pool = F.adaptive_avg_pool3d if feature.ndim == 5 else F.adaptive_avg_pool2d
+    return pool(feature, size)
+
+
+def _rows(feature: torch.Tensor) -> torch.Tensor:
+    """(B, C, *S) -> (B * prod(S), C): one row per position of the whole batch."""
+    return feature.flatten(2).transpose(1, 2).reshape(-1, feature.shape[1])
+
+
+def uncertainty_weights(teacher_logits: torch.Tensor, grid: tuple[int, ...], regions: bool) -> torch.Tensor:
+    """Per-position weights (B * prod(grid),), summing to 1: the teacher's predictive entropy (sum of binary
+    entropies of its sigmoid region outputs, or the softmax entropy) pooled to the feature grid."""
+    logits = teacher_logits.detach().float()
+    if regions:
+        p = torch.sigmoid(logits)
+        entropy = F.binary_cross_entropy_with_logits(logits, p, reduction="none").sum(1, keepdim=True)
+    else:
+        logp = torch.log_softmax(logits, 1)
+        entropy = -(logp.exp() * logp).sum(1, keepdim=True)
+    pool = F.adaptive_avg_pool3d if entropy.ndim == 5 else F.adaptive_avg_pool2d
+    w = pool(entropy, grid).flatten().clamp(min=0) + 1e-12
+    return w / w.sum()
+
+
+def mad_loss(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """MAD (MMANet): rows = positions of the whole batch, G = F F^T with each row L2-normalised,
+    l_i = sum_j (G^s_ij - G^t_ij)^2, loss = sum_i w_i l_i. The teacher is detached."""
+    fs, ft = _rows(student.float()), _rows(teacher.detach().float())
+    gs = F.normalize(fs @ fs.t(), dim=1)
+    gt = F.normalize(ft @ ft.t(), dim=1)
+    per_row = (gs - gt).pow(2).sum(1)
+    return (weights.to(per_row.dtype) * per_row).sum()
+
+
+def multi_level_mad(student_features, teacher_features, teacher_logits: torch.Tensor, max_size: int,
+                    regions: bool) -> torch.Tensor:
+    """Sum of MAD over matching feature levels, each pooled to at most max_size per axis."""
+    total = teacher_logits.new_zeros((), dtype=torch.float32)
+    for fs, ft in zip(student_features, teacher_features):
+        fs, ft = pool_to_grid(fs, max_size), pool_to_grid(ft, max_size)
+        total = total + mad_loss(fs, ft, uncertainty_weights(teacher_logits, tuple(fs.shape[2:]), regions))
+    return total

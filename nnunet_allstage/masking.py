@@ -50,3 +50,9 @@ def mask_input(data: torch.Tensor, available: torch.Tensor, patch_size: int, mas
     kept = modality_dropout(available, generator) if dropout else available.float()
     visible = patch_mask(tuple(data.shape), kept, patch_size, mask_ratio, generator)
     return data * visible.to(data.dtype), kept
+
+
+def fill_missing(data: torch.Tensor, available: torch.Tensor, recovered: torch.Tensor) -> torch.Tensor:
+    """x_f = a * x + (1 - a) * x_hat: available channels pass through bit-identical, missing ones are filled."""
+    mask = available.bool().view(*available.shape, *([1] * (data.ndim - 2)))
+    return torch.where(mask, data, recovered.to(data.dtype))

@@ -49,6 +49,9 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     stage_name = "base"
     use_modality_dropout = True  # MDrop in training steps (METHOD.md conventions)
+    # The hyper head hands per-batch parameters from its controller to the decoder through module state, which
+    # has not been verified under torch.compile: trainers with a hyper-network run eagerly.
+    allow_compile = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -68,6 +71,9 @@ class AllStageTrainerBase(nnUNetTrainer):
         self.was_resumed = False
         self._availability = None
         self._availability_index: dict[str, int] = {}
+
+    def _do_i_compile(self):
+        return self.allow_compile and super()._do_i_compile()
 
     # ------------------------------------------------------------------ availability
     def initialize(self):

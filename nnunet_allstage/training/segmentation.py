@@ -28,6 +28,7 @@ class HyperNetworkMixin:
     """Fills the network's embedding table (CLIP prompts, or the binary codes) after the network is built."""
 
     binary_code = False
+    allow_compile = False
 
     def initialize(self):
         super().initialize()

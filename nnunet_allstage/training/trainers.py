@@ -4,11 +4,17 @@ Short-schedule variants are named as nnU-Net names its own (``_1epoch``, ``_5epo
 finds its predecessor with the same suffix.
 """
 from nnunet_allstage.training.base import SCHEDULE_SUFFIXES
+from nnunet_allstage.training.codistillation import (AllStageMAEDATrainer, AllStageMAEDATrainer_Binary,
+                                                     AllStageTrainer, AllStageTrainer_Binary,
+                                                     AllStageTrainer_NoDataRefinement, AllStageTrainer_NoHyperTeacher,
+                                                     AllStageTrainer_NoKD)
 from nnunet_allstage.training.mae import AllStageMAETrainer
 from nnunet_allstage.training.segmentation import (AllStageDropoutTrainer, AllStageHyperTrainer,
                                                    AllStageHyperTrainer_Binary)
 
-BASE_TRAINERS = [AllStageMAETrainer, AllStageHyperTrainer, AllStageHyperTrainer_Binary, AllStageDropoutTrainer]
+BASE_TRAINERS = [AllStageMAETrainer, AllStageHyperTrainer, AllStageHyperTrainer_Binary, AllStageDropoutTrainer,
+                 AllStageMAEDATrainer, AllStageMAEDATrainer_Binary, AllStageTrainer, AllStageTrainer_NoKD,
+                 AllStageTrainer_NoDataRefinement, AllStageTrainer_NoHyperTeacher, AllStageTrainer_Binary]
 
 __all__ = [cls.__name__ for cls in BASE_TRAINERS]
 

@@ -1,0 +1,176 @@
+"""Unit tests of the method's pieces: masking, MDrop, Eq. 1, codes, the hyper-network on both U-Net classes."""
+import itertools
+
+import pytest
+import torch
+
+from nnunet_allstage.losses import reconstruction_loss
+from nnunet_allstage.masking import mask_input, modality_dropout, patch_mask, zero_missing
+from nnunet_allstage.networks import HyperSegNetwork, code_indices, derive_code, transfer_weights
+from nnunet_allstage.modalities import code_to_index
+
+
+def small_unet(kind: str, in_channels: int, num_classes: int, deep_supervision: bool = True):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    common = dict(input_channels=in_channels, n_stages=3, features_per_stage=(8, 16, 32), conv_op=torch.nn.Conv3d,
+                  kernel_sizes=3, strides=(1, 2, 2), num_classes=num_classes, n_conv_per_stage_decoder=1,
+                  conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                  nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
+    if kind == "plain":
+        return PlainConvUNet(n_conv_per_stage=1, **common)
+    return ResidualEncoderUNet(n_blocks_per_stage=(1, 1, 1), **common)
+
+
+def test_patch_mask_ratio_and_independent_masks():
+    torch.manual_seed(0)
+    kept = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0]], dtype=torch.float32)
+    visible = patch_mask((2, 4, 64, 64, 64), kept, patch_size=16, mask_ratio=0.875)
+    assert set(visible.unique().tolist()) <= {0.0, 1.0}
+    # 64 patches per modality: 1/8 of all kept-modality patches stays visible
+    assert visible[0].sum() / 16 ** 3 == round(0.125 * 4 * 64)
+    assert visible[1].sum() / 16 ** 3 == round(0.125 * 2 * 64)
+    assert visible[1, 1].sum() == 0 and visible[1, 3].sum() == 0  # dropped modalities fully hidden
+    assert not torch.equal(visible[0, 0], visible[0, 2])  # each modality its own mask
+    # masks are whole 16^3 patches
+    blocks = visible[0, 0].unfold(0, 16, 16).unfold(1, 16, 16).unfold(2, 16, 16).reshape(-1, 16 ** 3)
+    assert torch.all((blocks.sum(1) == 0) | (blocks.sum(1) == 16 ** 3))
+
+
+def test_patch_mask_non_divisible_shape_and_at_least_one_visible():
+    kept = torch.tensor([[0, 1, 0]], dtype=torch.float32)
+    visible = patch_mask((1, 3, 20, 24, 17), kept, patch_size=16, mask_ratio=0.99)
+    assert visible.shape == (1, 3, 20, 24, 17) and visible[0, 1].sum() > 0
+
+
+def test_mask_input_zeroes_masked_voxels():
+    x = torch.randn(2, 4, 32, 32, 32)
+    masked, kept = mask_input(x, torch.ones(2, 4), 16, 0.875)
+    assert kept.sum(1).min() >= 1
+    nz = masked != 0
+    assert torch.equal(masked[nz], x[nz])
+    assert (~nz).float().mean() > 0.8
+
+
+def test_modality_dropout_uniform_over_nonempty_subsets():
+    gen = torch.Generator().manual_seed(0)
+    n = 60000
+    codes = modality_dropout(torch.ones(n, 4), gen)
+    assert codes.sum(1).min() >= 1
+    counts = torch.unique(codes, dim=0, return_counts=True)[1]
+    assert len(counts) == 15
+    expected = n / 15
+    assert ((counts - expected).abs() < 0.06 * expected).all(), counts  # ~6 standard deviations
+    partial = modality_dropout(torch.tensor([[1.0, 0, 1, 1]]).repeat(21000, 1), gen)
+    assert partial[:, 1].sum() == 0 and partial.sum(1).min() >= 1
+    assert len(torch.unique(partial, dim=0)) == 7
+
+
+def test_reconstruction_loss_ignores_unavailable_modalities():
+    target = torch.randn(2, 3, 8, 8, 8)
+    recon = target.clone()
+    recon[0, 1] += 100.0  # modality 1 of sample 0 is not available in the data: its error must not count
+    recon[1, 0] += 1.0
+    available = torch.tensor([[1.0, 0, 1], [1, 1, 1]])
+    loss, per_mod = reconstruction_loss(recon, target, available, per_modality=True)
+    assert torch.isclose(loss, torch.tensor((0.0 + 1.0 / 3) / 2))
+    assert torch.isnan(per_mod[0, 1]) and per_mod[1, 0] == pytest.approx(1.0)
+    zero = reconstruction_loss(recon, target, torch.zeros(2, 3))  # guarded denominator
+    assert torch.isfinite(zero) and zero == 0
+
+
+def test_zero_missing_removes_augmentation_noise():
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    image = torch.randn(4, 16, 16, 16)
+    image[2] = 0
+    noisy = GaussianNoiseTransform(noise_variance=(0.1, 0.1), p_per_channel=1, synchronize_channels=True)(
+        image=image.clone())["image"]
+    assert noisy[2].abs().sum() > 0  # nnU-Net's augmentation leaks into the missing channel
+    code = torch.tensor([[1.0, 1, 0, 1]])
+    cleaned = zero_missing(noisy[None], code)[0]
+    assert cleaned[2].abs().sum() == 0 and torch.equal(cleaned[0], noisy[0])
+
+
+def test_code_derivation_and_indices():
+    x = torch.randn(3, 4, 8, 8, 8)
+    x[0, 1] = 0
+    x[1] = 0  # all-zero patch: 'all present'
+    code = derive_code(x)
+    assert code.tolist() == [[1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
+    for c in itertools.product((0, 1), repeat=4):
+        if any(c):
+            assert code_indices(torch.tensor([c], dtype=torch.float32)).item() == code_to_index(c)
+    assert code_indices(torch.zeros(1, 4)).item() == code_to_index((1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("kind", ["plain", "resenc"])
+@pytest.mark.parametrize("m", [3, 4])
+def test_hyper_network_codes_change_output_and_train_the_controller(kind, m):
+    torch.manual_seed(0)
+    net = HyperSegNetwork(small_unet(kind, m, 3), m, 3, embedding_dim=512)
+    net.code_table.copy_(torch.randn_like(net.code_table))
+    x = torch.randn(2, m, 16, 16, 16)
+    full, partial = torch.ones(2, m), torch.ones(2, m)
+    partial[:, 0] = 0
+    out_full = net(x, full)
+    assert isinstance(out_full, list) and out_full[0].shape == (2, 3, 16, 16, 16)  # deep supervision on
+    assert out_full[1].shape == (2, 3, 8, 8, 8)
+    out_partial = net(x, partial)
+    assert not torch.allclose(out_full[0], out_partial[0])
+    assert torch.allclose(out_full[1], out_partial[1])  # static deep-supervision heads do not see the code
+    out_full[0].pow(2).mean().backward()
+    head = net.hyper_head
+    assert head.controller.weight.grad.abs().sum() > 0 and head.text_proj[0].weight.grad.abs().sum() > 0
+    # per-sample heads: each sample of a batch gets its own code
+    mixed = torch.stack([full[0], partial[0]])
+    with torch.no_grad():
+        both = net(x, mixed)[0]
+        assert torch.allclose(both[0], net(x[:1], full[:1])[0][0], atol=1e-5)
+        assert torch.allclose(both[1], net(x[1:], partial[:1])[0][0], atol=1e-5)
+
+
+def test_hyper_network_without_code_derives_it_from_input():
+    torch.manual_seed(0)
+    net = HyperSegNetwork(small_unet("plain", 4, 3, deep_supervision=False), 4, 3, embedding_dim=512).eval()
+    net.code_table.copy_(torch.randn_like(net.code_table))
+    x = torch.randn(1, 4, 16, 16, 16)
+    x[:, 2] = 0
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(x, torch.tensor([[1.0, 1, 0, 1]])))
+
+
+@pytest.mark.parametrize("kind", ["plain", "resenc"])
+def test_mae_weights_transfer_to_hyper_network(kind):
+    mae = small_unet(kind, 4, 4, deep_supervision=False)  # M-channel reconstruction head
+    seg = HyperSegNetwork(small_unet(kind, 4, 3), 4, 3, embedding_dim=4, binary_code=True)
+    loaded, skipped = transfer_weights(mae.state_dict(), seg)
+    assert loaded > 0 and all(".seg_layers." in s or s == "code_table" for s in skipped)
+    for name, value in seg.state_dict().items():
+        if name.startswith("encoder."):
+            assert torch.equal(value, mae.state_dict()[name])
+
+
+def test_embedding_table_survives_checkpoint_roundtrip(tmp_path):
+    net = HyperSegNetwork(small_unet("plain", 4, 3), 4, 3, embedding_dim=512)
+    net.code_table.copy_(torch.randn_like(net.code_table))
+    torch.save({"network_weights": net.state_dict()}, tmp_path / "c.pth")
+    fresh = HyperSegNetwork(small_unet("plain", 4, 3), 4, 3, embedding_dim=512)
+    fresh.load_state_dict(torch.load(tmp_path / "c.pth")["network_weights"], strict=True)
+    assert torch.equal(fresh.code_table, net.code_table)
+
+
+def test_clip_table_random_cached_and_missing_weights_error(tmp_path, monkeypatch):
+    from nnunet_allstage.errors import AllStageError
+    from nnunet_allstage.text_embeddings import RANDOM_CLIP_TAG, clip_table
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    table, description = clip_table(("FLAIR", "T1", "T1c", "T2"), pretrained=RANDOM_CLIP_TAG)
+    assert table.shape == (15, 512) and torch.allclose(table.norm(dim=1), torch.ones(15))
+    assert "RANDOM" in description
+    assert len(list((tmp_path / "nnunet_allstage" / "text_embeddings").glob("*.pt"))) == 1
+    again, _ = clip_table(("FLAIR", "T1", "T1c", "T2"), pretrained=RANDOM_CLIP_TAG)
+    assert torch.equal(table, again)
+    assert len({tuple(r.tolist()) for r in table}) == 15  # one embedding per combination
+    with pytest.raises(AllStageError, match="NNUNET_ALLSTAGE_CLIP_WEIGHTS"):
+        clip_table(("A", "B"), pretrained="openai")
+    with pytest.raises(AllStageError, match="not found"):
+        clip_table(("A", "B"), weights_file=str(tmp_path / "absent.bin"))
