@@ -44,6 +44,7 @@ class AllStageConfig:
     iterations_per_epoch: int = 0
     val_iterations_per_epoch: int = 0
     num_epochs: int = 0
+    save_every: int = 0  # checkpoint_latest every this many epochs
     preview_cases: int = 2
 
     def validate(self) -> "AllStageConfig":

@@ -1,7 +1,74 @@
-"""Sub-commands of the user's workflow (demo; train, predict and evaluate join here)."""
+"""Sub-commands of the user's workflow: train, predict, evaluate, demo."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from nnunet_allstage.errors import AllStageError
+
+
+def _device(name: str):
+    import torch
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AllStageError("-device cuda but no GPU is visible; pass -device cpu")
+    return torch.device(name)
+
+
+def _fold(value: str):
+    return value if value == "all" else int(value)
+
+
+def cmd_train(args) -> None:
+    from nnunet_allstage.pipeline import run_pipeline
+    run_pipeline(args.dataset_id, args.fold, configuration=args.c, plans=args.p, schedule=args.schedule,
+                 baseline=args.baseline, binary=args.binary, device=args.device, num_gpus=args.num_gpus,
+                 extra_args=args.nnunet_args)
+
+
+def _load_models(args, trainers: list[str]):
+    from nnunet_allstage.evaluation import load_model, model_folder
+    from nnunet_allstage.planning import dataset_name_from_id
+    name = dataset_name_from_id(args.dataset_id)
+    device = _device(args.device)
+    return [load_model(model_folder(name, tr, args.p, args.c), _fold(args.fold), args.checkpoint, device,
+                       not args.disable_tta, tr) for tr in trainers]
+
+
+def cmd_predict(args) -> None:
+    from nnunet_allstage.prediction import predict_folder
+    model = _load_models(args, [args.tr])[0]
+    year = args.brats_labels
+    status = predict_folder(model, Path(args.i), Path(args.o),
+                            brats_labels_year=None if year is None else _brats_year(year, Path(args.i)))
+    if all(s != "ok" for s in status.values()):
+        raise AllStageError("no case could be predicted")
+
+
+def _brats_year(value: str, folder: Path) -> str:
+    if value != "auto":
+        return value
+    from nnunet_allstage.conversion import detect_brats_year
+    try:
+        return detect_brats_year(folder)
+    except AllStageError:
+        raise AllStageError("--brats-labels without a year needs BraTS-named input; pass --brats-labels 2021 "
+                            "(labels 1/2/4) or --brats-labels 2023 (labels 1/2/3)") from None
+
+
+def cmd_evaluate(args) -> None:
+    import os
+    from nnunet_allstage.evaluation import evaluate, find_test_cases, parse_combinations
+    from nnunet_allstage.planning import dataset_name_from_id
+    trainers = args.tr or ["AllStageTrainer"]
+    models = _load_models(args, trainers)
+    dj = models[0].predictor.dataset_json
+    names = [dj["channel_names"][k] for k in sorted(dj["channel_names"], key=int)]
+    name = dataset_name_from_id(args.dataset_id)
+    raw = Path(os.environ.get("nnUNet_raw", "")) / name
+    images = Path(args.images) if args.images else raw / "imagesTs"
+    labels = Path(args.labels) if args.labels else raw / "labelsTs"
+    cases = find_test_cases(images, labels, dj["file_ending"], len(names))
+    out = Path(args.o) if args.o else Path(os.environ["nnUNet_results"]) / name / f"allstage_evaluation_fold{args.fold}"
+    evaluate(models, cases, parse_combinations(args.combinations, names), out, args.save_segmentations)
 
 
 def cmd_demo(args) -> None:
@@ -9,8 +76,55 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.workdir), num_cases=args.num_cases, num_processes=args.np)
 
 
+def _model_options(p, several: bool = False) -> None:
+    p.add_argument("-d", dest="dataset_id", type=int, required=True)
+    p.add_argument("-f", dest="fold", default="0", help="fold (or 'all'), default 0")
+    p.add_argument("-c", default="3d_fullres")
+    p.add_argument("-p", default="nnUNetPlans", help="plans name")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    if several:
+        p.add_argument("-tr", nargs="+", help="trainer(s) to compare (default AllStageTrainer), e.g. "
+                                              "AllStageTrainer AllStageDropoutTrainer nnUNetTrainer")
+    else:
+        p.add_argument("-tr", default="AllStageTrainer")
+
+
 def add_commands(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic end-to-end run on the CPU")
+    p = sub.add_parser("train", help="the four stages in order (each skipped when done, continued when interrupted)")
+    p.add_argument("-d", dest="dataset_id", type=int, required=True)
+    p.add_argument("-f", dest="fold", default="0")
+    p.add_argument("-c", default="3d_fullres")
+    p.add_argument("-p", default="nnUNetPlans")
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
+    p.add_argument("-num_gpus", type=int, default=1)
+    p.add_argument("--schedule", default="", choices=["", "1epoch", "5epochs", "50epochs"],
+                   help="short variants for quick runs")
+    p.add_argument("--baseline", action="store_true", help="train the nnU-Net + modality dropout baseline instead")
+    p.add_argument("--binary", action="store_true", help="binary-code encoder instead of CLIP (needs no CLIP)")
+    p.add_argument("nnunet_args", nargs="*", help="passed to nnUNetv2_train after --, e.g. -- --npz")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict cases that lack some modality files")
+    p.add_argument("-i", required=True, help="nnU-Net-named files, or one folder per case in BraTS naming")
+    p.add_argument("-o", required=True)
+    _model_options(p)
+    p.add_argument("--brats-labels", nargs="?", const="auto", default=None, metavar="YEAR",
+                   help="write BraTS label values (1/2/4 up to 2021, 1/2/3 from 2023; year detected from BraTS "
+                        "naming when omitted)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice/HD95 over all input combinations (paper Table 1)")
+    _model_options(p, several=True)
+    p.add_argument("--images", help="test images (default: the dataset's imagesTs)")
+    p.add_argument("--labels", help="test labels (default: the dataset's labelsTs)")
+    p.add_argument("--combinations", default="all", help="'all' or e.g. 'FLAIR,T1c+T2'")
+    p.add_argument("-o", help="output folder (default nnUNet_results/DatasetX/allstage_evaluation_foldF)")
+    p.add_argument("--save-segmentations", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="synthetic end-to-end run on the CPU (minutes)")
     p.add_argument("--workdir", default="demo_output", help="where data, nnU-Net folders and results go")
     p.add_argument("-n", "--num-cases", type=int, default=12)
     p.add_argument("-np", type=int, default=2)

@@ -174,3 +174,66 @@ def test_clip_table_random_cached_and_missing_weights_error(tmp_path, monkeypatc
         clip_table(("A", "B"), pretrained="openai")
     with pytest.raises(AllStageError, match="not found"):
         clip_table(("A", "B"), weights_file=str(tmp_path / "absent.bin"))
+
+
+# ---------------------------------------------------------------- stage 4 pieces
+from nnunet_allstage.losses import mad_loss, multi_level_mad, uncertainty_weights  # noqa: E402
+from nnunet_allstage.masking import fill_missing  # noqa: E402
+
+
+def test_mad_zero_for_identical_and_scale_invariant():
+    torch.manual_seed(0)
+    f = torch.randn(2, 6, 3, 3, 3)
+    w = torch.full((54,), 1 / 54)
+    assert mad_loss(f, f.clone(), w) == pytest.approx(0.0, abs=1e-6)
+    g = torch.randn(2, 6, 3, 3, 3)
+    base = mad_loss(f, g, w)
+    assert base > 0
+    assert mad_loss(3.7 * f, g, w) == pytest.approx(base.item(), rel=1e-4)
+    assert mad_loss(f, 0.2 * g, w) == pytest.approx(base.item(), rel=1e-4)
+
+
+def test_mad_matches_hand_computation():
+    # one sample, two positions, two channels: rows f1=(1,0), f2=(1,1) for the student; (1,0), (0,1) teacher
+    fs = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(1, 2, 2, 1, 1)  # (B, C, 2, 1, 1): positions along x
+    ft = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 2, 1, 1)
+    # student Gram [[1,1],[1,2]] -> rows /sqrt2, /sqrt5; teacher Gram = identity
+    gs = torch.tensor([[1 / 2 ** 0.5, 1 / 2 ** 0.5], [1 / 5 ** 0.5, 2 / 5 ** 0.5]])
+    l1 = (gs[0, 0] - 1) ** 2 + gs[0, 1] ** 2
+    l2 = gs[1, 0] ** 2 + (gs[1, 1] - 1) ** 2
+    w = torch.tensor([0.25, 0.75])
+    assert mad_loss(fs, ft, w).item() == pytest.approx((0.25 * l1 + 0.75 * l2).item(), rel=1e-6)
+
+
+def test_uncertainty_weights_sum_to_one_and_follow_entropy():
+    logits = torch.full((2, 3, 8, 8, 8), 10.0)  # confident everywhere...
+    logits[1, :, :4] = 0.0  # ...except one half of sample 1 (entropy maximal there)
+    w = uncertainty_weights(logits, (2, 2, 2), regions=True)
+    assert w.shape == (16,) and w.sum() == pytest.approx(1.0, abs=1e-6)
+    w = w.view(2, 2, 2, 2)
+    assert w[1, 0].min() > 100 * w[0].max()
+    soft = uncertainty_weights(torch.randn(2, 4, 8, 8, 8), (4, 4, 4), regions=False)
+    assert soft.sum() == pytest.approx(1.0, abs=1e-6) and (soft > 0).all()
+
+
+def test_multi_level_mad_pools_and_detaches_teacher():
+    torch.manual_seed(0)
+    student = [torch.randn(2, 4, 16, 16, 16, requires_grad=True), torch.randn(2, 8, 4, 4, 4, requires_grad=True)]
+    teacher = [torch.randn(2, 4, 16, 16, 16, requires_grad=True), torch.randn(2, 8, 4, 4, 4, requires_grad=True)]
+    loss = multi_level_mad(student, teacher, torch.randn(2, 3, 32, 32, 32), max_size=8, regions=True)
+    loss.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
+    assert all(t.grad is None for t in teacher)
+
+
+def test_fill_missing_keeps_available_channels_bit_identical():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, 8)
+    available = torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]])
+    x = zero_missing(x, available)
+    recovered = torch.randn(2, 4, 8, 8, 8, requires_grad=True)
+    filled = fill_missing(x, available, recovered)
+    assert torch.equal(filled[0, [0, 2, 3]], x[0, [0, 2, 3]]) and torch.equal(filled[1], x[1])
+    assert torch.equal(filled[0, 1], recovered[0, 1])
+    filled.sum().backward()
+    assert recovered.grad[0, 1].abs().sum() > 0 and recovered.grad[0, 0].abs().sum() == 0

@@ -13,7 +13,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 DATASET_ID = 960
-SHAPE = (40, 44, 36)
+SHAPE = (36, 40, 32)
 FAST = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "2", "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "1",
         "NNUNET_ALLSTAGE_CLIP_PRETRAINED": "random-test-only", "nnUNet_compile": "f", "nnUNet_def_n_proc": "2"}
 
@@ -137,3 +137,202 @@ def test_dropout_baseline(workspace):
     train(workspace, "AllStageDropoutTrainer_1epoch")
     reference, prediction = predict_without_clip(workspace, "AllStageDropoutTrainer_1epoch")
     assert_valid_segmentation(reference, prediction)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_stage3_stage4_and_stock_prediction(workspace):
+    stage2 = output_folder(workspace, "AllStageHyperTrainer_1epoch") / "checkpoint_final.pth"
+    before = _sha(stage2)
+    train(workspace, "AllStageMAEDATrainer_1epoch")
+    folder3 = output_folder(workspace, "AllStageMAEDATrainer_1epoch")
+    ckpt3 = torch.load(folder3 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert len(ckpt3["logging"]["train_rec_loss"]) == 1 and len(ckpt3["logging"]["train_seg_loss"]) == 1
+    assert list(folder3.glob("reconstruction_preview_*.png"))
+    train(workspace, "AllStageTrainer_1epoch")
+    folder4 = output_folder(workspace, "AllStageTrainer_1epoch")
+    ckpt4 = torch.load(folder4 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert all(len(ckpt4["logging"][f"train_{k}_loss"]) == 1 for k in ("task", "data", "kd"))
+    assert "recovery_weights" in ckpt4["allstage"]
+    assert not any(k.startswith(("teacher", "recovery")) for k in ckpt4["network_weights"])  # the student alone
+    assert _sha(stage2) == before  # the teacher's checkpoint is never written
+    reference, prediction = predict_without_clip(workspace, "AllStageTrainer_1epoch")
+    assert_valid_segmentation(reference, prediction)
+
+
+def _trainer(name: str):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args(str(DATASET_ID), "3d_fullres", 0, name, "nnUNetPlans", device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _batch(trainer):
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    return next(trainer.dataloader_train)
+
+
+def test_stage4_gradients_teacher_frozen_and_resume(workspace, monkeypatch):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    if not (output_folder(workspace, "AllStageMAEDATrainer_1epoch") / "checkpoint_final.pth").is_file():
+        pytest.skip("needs the stage-3 run of test_stage3_stage4_and_stock_prediction")
+    from nnunet_allstage.masking import fill_missing, zero_missing
+    t = _trainer("AllStageTrainer_1epoch")
+    t.load_predecessors()
+    batch = _batch(t)
+    # L_data alone: gradients reach the recovering module, never the teacher
+    x = zero_missing(batch["data"], t.batch_availability(batch["keys"]))
+    available = t.batch_availability(batch["keys"])
+    out = t.teacher(fill_missing(x, available, t.recovery(x)), torch.ones_like(available))
+    t.loss(out, batch["target"]).backward()
+    assert all(p.grad is None for p in t.teacher.parameters())
+    if (available == 0).any():
+        assert sum(p.grad.abs().sum() for p in t.recovery.parameters() if p.grad is not None) > 0
+    t.optimizer.zero_grad(set_to_none=True)
+    teacher_before = {k: v.clone() for k, v in t.teacher.state_dict().items()}
+    recovery_before = {k: v.clone() for k, v in t.recovery.state_dict().items()}
+    for _ in range(2):
+        t.train_step(next(t.dataloader_train))
+    assert all(torch.equal(v, t.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(v, t.recovery.state_dict()[k]) for k, v in recovery_before.items())
+    # an interrupted run: checkpoint mid-training, then a new trainer resumes everything
+    path = workspace["root"] / "stage4_mid.pth"
+    t.save_checkpoint(str(path))
+    resumed = _trainer("AllStageTrainer_1epoch")
+    resumed.load_checkpoint(str(path))
+    for mine, theirs in ((t.network, resumed.network), (t.recovery, resumed.recovery), (t.teacher, resumed.teacher)):
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in mine.state_dict().items())
+    opt_a, opt_b = t.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert len(opt_a["state"]) == len(opt_b["state"]) > 0
+    assert all(torch.equal(opt_a["state"][i]["momentum_buffer"], opt_b["state"][i]["momentum_buffer"])
+               for i in opt_a["state"])
+    assert resumed.was_resumed
+
+
+def test_stage4_killed_mid_epoch_continues_with_c(workspace):
+    """Kill nnUNetv2_train during epoch 2 (after checkpoint_latest of epoch 1), then `--c` finishes."""
+    if not (output_folder(workspace, "AllStageMAEDATrainer_1epoch") / "checkpoint_final.pth").is_file():
+        pytest.skip("needs the stage-3 run of test_stage3_stage4_and_stock_prediction")
+    import time
+    name = "AllStageTrainer_5epochs"
+    env = {**workspace["env"], "nnUNet_n_proc_DA": "0", "NNUNET_ALLSTAGE_NUM_EPOCHS": "2",
+           "NNUNET_ALLSTAGE_SAVE_EVERY": "1", "NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "3",
+           "NNUNET_ALLSTAGE_STAGE2_CHECKPOINT": str(output_folder(workspace, "AllStageHyperTrainer_1epoch") /
+                                                     "checkpoint_final.pth"),
+           "NNUNET_ALLSTAGE_STAGE3_CHECKPOINT": str(output_folder(workspace, "AllStageMAEDATrainer_1epoch") /
+                                                     "checkpoint_final.pth")}
+    cmd = [str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", name,
+           "-device", "cpu"]
+    folder = output_folder(workspace, name)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if "Epoch 1" in line:
+            time.sleep(3)  # inside epoch 1's iterations
+            proc.kill()
+            break
+    proc.wait()
+    assert (folder / "checkpoint_latest.pth").is_file() and not (folder / "checkpoint_final.pth").is_file(), seen
+    result = subprocess.run(cmd + ["--c"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    ckpt = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 2 and "recovery_weights" in ckpt["allstage"]
+
+
+# ---------------------------------------------------------------- the user's workflow on the trained models
+def _model(ws, trainer):
+    from nnunet_allstage.evaluation import load_model
+    return load_model(output_folder(ws, trainer).parent, 0, "checkpoint_final.pth", torch.device("cpu"), False,
+                      trainer)
+
+
+def test_in_memory_zeroing_equals_zero_filled_files(workspace):
+    """evaluate's in-memory channel zeroing gives the segmentation stock nnUNetv2_predict gives on files."""
+    from nnunet_allstage.evaluation import _preprocess, predict_combination
+    trainer = "AllStageTrainer_1epoch"
+    if not (output_folder(workspace, trainer) / "checkpoint_final.pth").is_file():
+        pytest.skip("needs stage 4")
+    model = _model(workspace, trainer)
+    raw = raw_folder(workspace)
+    case = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    files = [raw / "imagesTs" / f"{case}_{c:04d}.nii.gz" for c in range(4)]
+    data, props = _preprocess(model.predictor, files)
+    reference, stock = predict_without_clip(workspace, trainer, zero_channels=(1, 3))  # code (1, 0, 1, 0)
+    ours = predict_combination(model, data, props, (1, 0, 1, 0))
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(stock)))
+    assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+
+def test_predict_with_missing_files_equals_zero_files(workspace, tmp_path):
+    from nnunet_allstage.prediction import predict_folder
+    trainer = "AllStageTrainer_1epoch"
+    if not (output_folder(workspace, trainer) / "checkpoint_final.pth").is_file():
+        pytest.skip("needs stage 4")
+    model = _model(workspace, trainer)
+    raw = raw_folder(workspace)
+    cases = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))
+    with_zero, without = tmp_path / "zero", tmp_path / "missing"
+    brats = tmp_path / "brats"
+    for folder in (with_zero, without):
+        folder.mkdir()
+    for case in cases:
+        (brats / case).mkdir(parents=True)
+        for ch, suffix in enumerate(("flair", "t1", "t1ce", "t2")):
+            img = sitk.ReadImage(str(raw / "imagesTs" / f"{case}_{ch:04d}.nii.gz"))
+            if ch == 2:  # T1c missing
+                sitk.WriteImage(img * 0, str(with_zero / f"{case}_{ch:04d}.nii.gz"))
+                continue
+            sitk.WriteImage(img, str(with_zero / f"{case}_{ch:04d}.nii.gz"))
+            sitk.WriteImage(img, str(without / f"{case}_{ch:04d}.nii.gz"))
+            sitk.WriteImage(img, str(brats / case / f"{case}_{suffix}.nii.gz"))
+    (brats / "BraTS20_Training_999").mkdir()  # a case with no modality: reported, the others still predicted
+    (brats / "BraTS20_Training_999" / "BraTS20_Training_999_seg.nii.gz").write_bytes(
+        (raw / "labelsTs" / f"{cases[0]}.nii.gz").read_bytes())
+    logs = []
+    predict_folder(model, with_zero, tmp_path / "out_zero", log=logs.append)
+    predict_folder(model, without, tmp_path / "out_missing", log=logs.append)
+    status = predict_folder(model, brats, tmp_path / "out_brats", brats_labels_year="2020", log=logs.append)
+    assert status["BraTS20_Training_999"] != "ok" and all(status[c] == "ok" for c in cases)
+    assert any("predicted from FLAIR+T1+T2" in line for line in logs)
+    for case in cases:
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_zero" / f"{case}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_missing" / f"{case}.nii.gz")))
+        c = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out_brats" / f"{case}.nii.gz")))
+        assert np.array_equal(a, b)
+        lut = np.array([0, 2, 1, 4])  # nnU-Net labels -> BraTS 2020 labels
+        assert np.array_equal(lut[a], c)
+
+
+def test_evaluate_table_has_the_papers_shape(workspace):
+    from nnunet_allstage.cli import main
+    trainers = ["AllStageTrainer_1epoch", "AllStageDropoutTrainer_1epoch"]
+    if not all((output_folder(workspace, t) / "checkpoint_final.pth").is_file() for t in trainers):
+        pytest.skip("needs stage 4 and the baseline")
+    out = workspace["root"] / "evaluation"
+    assert main(["evaluate", "-d", str(DATASET_ID), "-f", "0", "-tr", *trainers, "-device", "cpu",
+                 "--disable_tta", "-o", str(out)]) == 0
+    import csv
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    n_cases = len(list((raw_folder(workspace) / "imagesTs").glob("*_0000.nii.gz")))
+    assert len(rows) == n_cases * 15 * 3 * 2
+    assert {r["region"] for r in rows} == {"WT", "TC", "ET"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["combinations"]) == 15 and summary["markers"][-1] == "●●●●"
+    for model in trainers:
+        for region in ("WT", "TC", "ET"):
+            entry = summary["models"][model][region]
+            assert len(entry["dice"]) == 15 and entry["mean_dice"] == pytest.approx(np.mean(entry["dice"]))
+            # cross-check against the CSV: the table's numbers are the case means
+            combo = summary["combinations"][0]
+            sel = [float(r["dice"]) for r in rows if r["model"] == model and r["region"] == region
+                   and r["combination"] == combo]
+            assert entry["dice"][0] == pytest.approx(np.mean(sel))
+    table = (out / "table.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| Region"))
+    assert header.count("|") == 2 + 15 + 1 + 1
+    assert sum(line.startswith("| WT |") for line in table.splitlines()) == 4  # 2 models x (Dice, HD95)
+    assert (out / "dice_heatmap.png").stat().st_size > 5000 and (out / "hd95_heatmap.png").is_file()

@@ -68,6 +68,8 @@ class AllStageTrainerBase(nnUNetTrainer):
             self.num_iterations_per_epoch = cfg.iterations_per_epoch
         if cfg.val_iterations_per_epoch:
             self.num_val_iterations_per_epoch = cfg.val_iterations_per_epoch
+        if cfg.save_every:
+            self.save_every = cfg.save_every
         self.was_resumed = False
         self._availability = None
         self._availability_index: dict[str, int] = {}

@@ -1,0 +1,231 @@
+"""`nnunet-allstage evaluate`: every input combination, every case, one or several models side by side.
+
+Each test case (all modalities present) is read and preprocessed once per plans/configuration; each
+combination is simulated by zeroing channels of the preprocessed array in memory, which gives the same
+segmentation as zero-filled files (nnU-Net keeps an all-zero channel exactly zero and the crop box is the
+union of all channels; see tests). The modality code is handed to hyper-networks explicitly.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
+from nnunet_allstage.modalities import code_label, code_markers, combinations, subset_to_code
+from nnunet_allstage.networks import network_code
+
+
+@dataclass
+class Model:
+    name: str  # shown in tables
+    folder: Path  # nnU-Net's Trainer__Plans__Config folder
+    predictor: object
+
+
+def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise AllStageError("nnUNet_results is not set; run `eval \"$(nnunet-allstage env)\"`")
+    return Path(results) / dataset_name / f"{trainer}__{plans}__{configuration}"
+
+
+def load_model(folder: Path, fold, checkpoint: str, device: torch.device, tta: bool, name: str) -> Model:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    ckpt = folder / f"fold_{fold}" / checkpoint
+    if not ckpt.is_file():
+        trainer = folder.name.split("__")[0]
+        raise AllStageError(f"{ckpt} not found: train {trainer} first (nnunet-allstage train, or nnUNetv2_train "
+                            f"... -tr {trainer})")
+    from nnunet_allstage.environment import trainer_shim_dir
+    os.environ["nnUNet_extTrainer"] = str(trainer_shim_dir())
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=tta, device=device, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), (fold,), checkpoint)
+    return Model(name, folder, predictor)
+
+
+def parse_combinations(spec: str | None, names: Sequence[str]) -> list[tuple[int, ...]]:
+    """'all' / None, or a comma-separated list such as 'FLAIR,T1c+T2,FLAIR+T1+T1c+T2'."""
+    if not spec or spec == "all":
+        return combinations(len(names))
+    codes = []
+    for item in spec.split(","):
+        code = subset_to_code([s.strip() for s in item.split("+") if s.strip()], names)
+        if not any(code):
+            raise AllStageError(f"--combinations: empty combination in {spec!r}")
+        codes.append(code)
+    return codes
+
+
+def find_test_cases(images: Path, labels: Path, file_ending: str, num_channels: int) -> list[tuple[str, list[Path], Path]]:
+    if not images.is_dir():
+        raise AllStageError(f"test images folder {images} not found")
+    if not labels.is_dir():
+        raise AllStageError(f"test labels folder {labels} not found")
+    suffix = f"_0000{file_ending}"
+    cases = sorted(p.name[: -len(suffix)] for p in images.glob(f"*{suffix}"))
+    if not cases:
+        raise AllStageError(f"no test cases (*{suffix}) in {images}")
+    out = []
+    for case in cases:
+        files = [images / f"{case}_{c:04d}{file_ending}" for c in range(num_channels)]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise AllStageError(f"test case {case}: {missing[0]} is missing in {images}")
+        label = labels / f"{case}{file_ending}"
+        if not label.is_file():
+            raise AllStageError(f"test case {case}: no label {label.name} in {labels}")
+        out.append((case, files, label))
+    return out
+
+
+def _preprocess(predictor, files: list[Path]):
+    rw = predictor.plans_manager.image_reader_writer_class()
+    image, props = rw.read_images([str(f) for f in files])
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    data, _, props = preprocessor.run_case_npy(image, None, props, predictor.plans_manager,
+                                               predictor.configuration_manager, predictor.dataset_json)
+    return torch.from_numpy(data).contiguous(), props
+
+
+def predict_combination(model: Model, data: torch.Tensor, props: dict, code: Sequence[int]) -> np.ndarray:
+    """Segmentation (original geometry, dataset label values) of preprocessed ``data`` with ``code`` zeroed in."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    p = model.predictor
+    code_t = torch.tensor([code], dtype=torch.float32)
+    zeroed = data * code_t.view(-1, *([1] * (data.ndim - 1)))
+    with network_code(p.network, code_t.to(p.device)), torch.no_grad():
+        logits = p.predict_logits_from_preprocessed_data(zeroed).cpu()
+    return convert_predicted_logits_to_segmentation_with_correct_shape(logits, p.plans_manager,
+                                                                       p.configuration_manager, p.label_manager, props)
+
+
+def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: Path, save_segmentations: bool = False,
+             log=print) -> dict:
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    dataset_json = models[0].predictor.dataset_json
+    names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
+    regions = regions_from_dataset_json(dataset_json)
+    label_rw = models[0].predictor.plans_manager.image_reader_writer_class()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    bar = tqdm(total=len(cases) * len(codes) * len(models), desc="evaluating", unit="prediction", disable=None)
+    for case, files, label in cases:
+        reference, ref_props = label_rw.read_seg(str(label))
+        reference = reference[0]
+        spacing = ref_props["spacing"]
+        preprocessed = {}
+        for model in models:
+            key = (model.predictor.plans_manager.plans_name, model.folder.name.split("__")[-1])
+            if key not in preprocessed:
+                preprocessed[key] = _preprocess(model.predictor, files)
+            data, props = preprocessed[key]
+            for code in codes:
+                seg = predict_combination(model, data, props, code)
+                if save_segmentations:
+                    seg_dir = out_dir / "segmentations" / model.name / code_label(code, names)
+                    seg_dir.mkdir(parents=True, exist_ok=True)
+                    SimpleITKIO().write_seg(seg, str(seg_dir / label.name), ref_props)
+                for region, (d, h) in region_metrics(seg, reference, spacing, regions).items():
+                    rows.append({"model": model.name, "case": case, "combination": code_label(code, names),
+                                 "available": code_markers(code), "region": region, "dice": d, "hd95": h})
+                bar.update()
+    bar.close()
+    summary = summarise(rows, [m.name for m in models], codes, names, [r for r, _ in regions])
+    write_outputs(rows, summary, out_dir, names)
+    log(markdown_table(summary, names))
+    log(f"evaluation written to {out_dir} (results.csv, summary.json, table.md, dice_heatmap.png, "
+        f"hd95_heatmap.png)")
+    return summary
+
+
+def summarise(rows: list[dict], model_names: list[str], codes, names, region_names) -> dict:
+    labels = [code_label(c, names) for c in codes]
+    summary = {"modalities": list(names), "combinations": labels, "markers": [code_markers(c) for c in codes],
+               "regions": region_names, "models": {}}
+    for model in model_names:
+        per = {}
+        for region in region_names:
+            entry = {"dice": [], "hd95": []}
+            for label in labels:
+                sel = [r for r in rows if r["model"] == model and r["region"] == region and r["combination"] == label]
+                entry["dice"].append(float(np.mean([r["dice"] for r in sel])))
+                entry["hd95"].append(float(np.mean([r["hd95"] for r in sel])))
+            entry["mean_dice"] = float(np.mean(entry["dice"]))
+            entry["mean_hd95"] = float(np.mean(entry["hd95"]))
+            per[region] = entry
+        per["average"] = {"mean_dice": float(np.mean([per[r]["mean_dice"] for r in region_names])),
+                          "mean_hd95": float(np.mean([per[r]["mean_hd95"] for r in region_names]))}
+        summary["models"][model] = per
+    summary["num_cases"] = len({r["case"] for r in rows})
+    return summary
+
+
+def markdown_table(summary: dict, names: Sequence[str]) -> str:
+    """The paper's Table 1: combinations as columns (one ●/○ row per modality), a mean column, regions x models
+    as rows; Dice in %, then HD95 in mm."""
+    n = len(summary["combinations"])
+    lines = []
+    for metric, title, scale, fmt in (("dice", "Dice (%)", 100, "{:.2f}"), ("hd95", "HD95 (mm)", 1, "{:.2f}")):
+        lines.append(f"**{title}** over {summary['num_cases']} case(s)\n")
+        lines.append("| Region | Method | " + " | ".join(str(i + 1) for i in range(n)) + " | Mean |")
+        lines.append("|---|---|" + "---|" * (n + 1))
+        for m, name in enumerate(names):
+            lines.append(f"| | {name} | " + " | ".join(mk[m] for mk in summary["markers"]) + " | |")
+        for region in summary["regions"]:
+            for model, per in summary["models"].items():
+                values = [fmt.format(v * scale) for v in per[region][metric]]
+                mean = fmt.format(per[region][f"mean_{metric}"] * scale)
+                lines.append(f"| {region} | {model} | " + " | ".join(values) + f" | **{mean}** |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict], summary: dict, out_dir: Path, names) -> None:
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "case", "combination", "available", "region", "dice",
+                                               "hd95"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "table.md").write_text(markdown_table(summary, names))
+    for metric in ("dice", "hd95"):
+        write_heatmap(summary, metric, out_dir / f"{metric}_heatmap.png")
+
+
+def write_heatmap(summary: dict, metric: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    row_labels, values = [], []
+    for model, per in summary["models"].items():
+        for region in summary["regions"]:
+            row_labels.append(f"{region} · {model}")
+            scale = 100 if metric == "dice" else 1
+            values.append([v * scale for v in per[region][metric]] + [per[region][f"mean_{metric}"] * scale])
+    values = np.array(values)
+    cols = summary["combinations"] + ["mean"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.45 * len(row_labels)))
+    cmap = "viridis" if metric == "dice" else "viridis_r"
+    im = ax.imshow(values, cmap=cmap, aspect="auto", vmin=0 if metric == "dice" else None,
+                   vmax=100 if metric == "dice" else None)
+    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.0f}" if metric == "dice" else f"{values[i, j]:.1f}", ha="center",
+                    va="center", fontsize=6, color="white" if (values[i, j] < 50) == (metric == "dice") else "black")
+    fig.colorbar(im, ax=ax, label="Dice (%)" if metric == "dice" else "HD95 (mm)")
+    ax.set_title(f"{'Dice' if metric == 'dice' else 'HD95'} per input combination "
+                 f"({summary['num_cases']} case(s))", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,88 @@
+"""`nnunet-allstage train`: the four stages in order through nnU-Net's own `nnUNetv2_train`, each resumable."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_allstage.environment import trainer_shim_dir
+from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.planning import dataset_name_from_id, require_nnunet_paths
+
+STAGES = [("stage 1: MAE pre-training", "AllStageMAETrainer"),
+          ("stage 2: hyper-network segmentation", "AllStageHyperTrainer"),
+          ("stage 3: distribution approximation", "AllStageMAEDATrainer"),
+          ("stage 4: co-distillation (final model)", "AllStageTrainer")]
+BINARY_NAMES = {"AllStageHyperTrainer": "AllStageHyperTrainer_Binary", "AllStageMAEDATrainer":
+                "AllStageMAEDATrainer_Binary", "AllStageTrainer": "AllStageTrainer_Binary"}
+BASELINE = [("baseline: nnU-Net + modality dropout", "AllStageDropoutTrainer")]
+SCHEDULES = ("", "1epoch", "5epochs", "50epochs")
+
+
+@dataclass
+class Stage:
+    title: str
+    trainer: str
+    folder: Path
+
+    @property
+    def state(self) -> str:
+        if (self.folder / "checkpoint_final.pth").is_file():
+            return "done"
+        if (self.folder / "checkpoint_latest.pth").is_file():
+            return "interrupted"
+        return "not started"
+
+
+def stages_for(dataset_id: int, fold: str, configuration: str, plans: str, schedule: str = "", baseline: bool = False,
+               binary: bool = False) -> list[Stage]:
+    if schedule not in SCHEDULES:
+        raise AllStageError(f"--schedule must be one of {', '.join(s for s in SCHEDULES if s)}")
+    results = require_nnunet_paths("nnUNet_results")["nnUNet_results"]
+    name = dataset_name_from_id(dataset_id)
+    suffix = f"_{schedule}" if schedule else ""
+    out = []
+    for title, trainer in (BASELINE if baseline else STAGES):
+        trainer = (BINARY_NAMES.get(trainer, trainer) if binary else trainer) + suffix
+        out.append(Stage(title, trainer, results / name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"))
+    return out
+
+
+def print_status(stages: list[Stage], log=print) -> None:
+    width = max(len(s.trainer) for s in stages)
+    for s in stages:
+        log(f"  {s.title:<42} {s.trainer:<{width}}  {s.state}")
+
+
+def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres", plans: str = "nnUNetPlans",
+                 schedule: str = "", baseline: bool = False, binary: bool = False, device: str = "cuda",
+                 num_gpus: int = 1, extra_args: list[str] | None = None, env: dict | None = None, log=print) -> None:
+    stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary)
+    train_cmd = shutil.which("nnUNetv2_train") or str(Path(sys.executable).parent / "nnUNetv2_train")
+    run_env = {**os.environ, **(env or {}), "nnUNet_extTrainer": str(trainer_shim_dir())}
+    log(f"nnunet-allstage train: dataset {dataset_id}, fold {fold}, {configuration}, plans {plans}")
+    print_status(stages, log)
+    for stage in stages:
+        if stage.state == "done":
+            log(f"[skip] {stage.title}: {stage.folder / 'checkpoint_final.pth'} exists")
+            continue
+        cmd = [train_cmd, str(dataset_id), configuration, str(fold), "-tr", stage.trainer, "-p", plans,
+               "-device", device]
+        if num_gpus > 1:
+            cmd += ["-num_gpus", str(num_gpus)]
+        if stage.state == "interrupted":
+            cmd.append("--c")
+        cmd += extra_args or []
+        log(f"[run] {stage.title}: {' '.join(cmd)}")
+        result = subprocess.run(cmd, env=run_env)
+        if result.returncode != 0:
+            raise AllStageError(f"{stage.title} failed (nnUNetv2_train exit code {result.returncode}); fix the "
+                                f"cause above and re-run the same command: finished stages are skipped and "
+                                f"interrupted ones continue")
+        if stage.state != "done":
+            raise AllStageError(f"{stage.title} ended without {stage.folder / 'checkpoint_final.pth'}")
+    log("all stages finished:")
+    print_status(stages, log)

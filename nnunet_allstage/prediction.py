@@ -1,0 +1,129 @@
+"""`nnunet-allstage predict`: cases with any subset of modality files present.
+
+Input is either nnU-Net naming (``CASE_0000.nii.gz`` ... in one folder; absent channel files are missing
+modalities) or one folder per case in BraTS naming of any year. Missing modalities get all-zero placeholder
+files on the case's grid in a temporary folder, each case's modality code is handed to the network
+explicitly, and segmentations are written in the input geometry. A bad case is reported and skipped; the
+others are still predicted.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from nnunet_allstage.conversion import (BRATS_MODALITIES, _case_folders, _geometry, _nifti_stem_suffix, _same_grid,
+                                        brats_layout, detect_brats_year, discover_brats_cases)
+from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.modalities import code_label
+from nnunet_allstage.networks import network_code
+
+
+@dataclass
+class InputCase:
+    case_id: str
+    files: list[Path | None]  # one per channel, None = missing
+
+
+def _nnunet_named_cases(folder: Path, file_ending: str, num_channels: int) -> list[InputCase]:
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    by_case: dict[str, list[Path | None]] = {}
+    for p in sorted(folder.iterdir()):
+        m = pattern.match(p.name)
+        if m and p.is_file():
+            channel = int(m.group(2))
+            if channel >= num_channels:
+                raise AllStageError(f"{p.name}: channel {channel} but the model has {num_channels} channels")
+            by_case.setdefault(m.group(1), [None] * num_channels)[channel] = p
+    return [InputCase(c, files) for c, files in by_case.items()]
+
+
+def find_input_cases(folder: Path, file_ending: str, modality_names: list[str]) -> tuple[list[InputCase], str | None]:
+    """Cases of the input folder and, for BraTS naming, the detected year."""
+    if not folder.is_dir():
+        raise AllStageError(f"-i {folder} is not a folder")
+    cases = _nnunet_named_cases(folder, file_ending, len(modality_names))
+    if cases:
+        return cases, None
+    if list(modality_names) != list(BRATS_MODALITIES):
+        raise AllStageError(f"no files named CASE_XXXX{file_ending} in {folder}")
+    year = detect_brats_year(folder)
+    brats = discover_brats_cases(folder, brats_layout(year))
+    return [InputCase(c.case_id, [c.modality_files[m] for m in BRATS_MODALITIES]) for c in brats], year
+
+
+def _materialise(case: InputCase, tmp: Path, file_ending: str) -> tuple[list[Path], tuple[int, ...]]:
+    """Zero placeholders for missing channels; checks that present ones share a grid."""
+    present = [f for f in case.files if f is not None]
+    if not present:
+        raise AllStageError(f"case {case.case_id}: no modality file")
+    try:
+        reference = sitk.ReadImage(str(present[0]))
+    except RuntimeError:
+        raise AllStageError(f"case {case.case_id}: {present[0].name} cannot be read") from None
+    for f in present[1:]:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise AllStageError(f"case {case.case_id}: {f.name} cannot be read") from None
+        info = (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+        problem = _same_grid(_geometry(reference), info)
+        if problem:
+            raise AllStageError(f"case {case.case_id}: {f.name} is not on the grid of {present[0].name}: {problem}")
+    files, code = [], []
+    for channel, f in enumerate(case.files):
+        if f is None:
+            zero = sitk.Image(reference.GetSize(), reference.GetPixelID())
+            zero.CopyInformation(reference)
+            f = tmp / f"{case.case_id}_{channel:04d}{file_ending}"
+            sitk.WriteImage(zero, str(f))
+        files.append(f)
+        code.append(int(case.files[channel] is not None))
+    return files, tuple(code)
+
+
+def brats_label_map(year: str) -> dict[int, int]:
+    return brats_layout(year).brats_output_labels
+
+
+def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_year: str | None = None,
+                   log=print) -> dict[str, str]:
+    """Predicts every case; returns {case: 'ok' or the error}."""
+    p = model.predictor
+    file_ending = p.dataset_json["file_ending"]
+    names = [p.dataset_json["channel_names"][k] for k in sorted(p.dataset_json["channel_names"], key=int)]
+    cases, year = find_input_cases(input_folder, file_ending, names)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    rw = p.plans_manager.image_reader_writer_class()
+    label_map = brats_label_map(brats_labels_year) if brats_labels_year else None
+    status = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in tqdm(cases, desc="predicting", unit="case", disable=None):
+            try:
+                files, code = _materialise(case, Path(tmp), file_ending)
+                image, props = rw.read_images([str(f) for f in files])
+                with network_code(p.network, torch.tensor([code], dtype=torch.float32, device=p.device)):
+                    seg = p.predict_single_npy_array(image, props, None, None, False)
+                if label_map is not None:
+                    lut = np.zeros(max(label_map) + 1, dtype=np.uint8)
+                    for k, v in label_map.items():
+                        lut[k] = v
+                    seg = lut[seg]
+                rw.write_seg(seg, str(output_folder / f"{case.case_id}{file_ending}"), props)
+                log(f"{case.case_id}: predicted from {code_label(code, names)}")
+                status[case.case_id] = "ok"
+            except AllStageError as e:
+                log(f"error: {e}")
+                status[case.case_id] = str(e)
+    failed = [c for c, s in status.items() if s != "ok"]
+    log(f"{len(status) - len(failed)} of {len(status)} case(s) predicted into {output_folder}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return status

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Median time per training iteration and peak memory of each plugin trainer against stock nnUNetTrainer, on
+the same plans, patch and batch, measured in this run. Warm-up excluded; each trainer in its own process (so
+peak RSS is its own). Data loading is excluded: every step gets the same prepared batch.
+
+    python scripts/bench_train_step.py [--device cuda] [--steps 10] [--workdir bench_output]
+    python scripts/bench_train_step.py -d 901 -p nnUNetPlans_3mm --device cpu     # a dataset of yours
+
+Targets (ratio to stock): AllStageTrainer <= 2.8, AllStageHyperTrainer <= 1.15, AllStageMAETrainer <= 1.1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import make_trainer, predecessor_checkpoints, prepare_synthetic  # noqa: E402
+
+TRAINERS = ["nnUNetTrainer", "AllStageDropoutTrainer", "AllStageMAETrainer", "AllStageHyperTrainer",
+            "AllStageMAEDATrainer", "AllStageTrainer"]
+TARGETS = {"AllStageTrainer": 2.8, "AllStageHyperTrainer": 1.15, "AllStageMAETrainer": 1.1}
+
+
+def child(args) -> None:
+    import os
+    import torch
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    device = torch.device(args.device)
+    trainer = make_trainer(args.dataset_id, args.child, device, args.p)
+    trainer.initialize()
+    # predecessors are not loaded: weights do not change the cost of a step
+    trainer.on_train_epoch_start = lambda: None
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    trainer.network.train()
+    if hasattr(trainer, "recovery"):
+        trainer.recovery.train()
+
+    def step():
+        b = {k: (v.clone() if hasattr(v, "clone") else ([t.clone() for t in v] if isinstance(v, list) else v))
+             for k, v in batch.items()}
+        trainer.train_step(b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps({"trainer": args.child, "median_s": statistics.median(times), "peak_mb": peak,
+                      "patch": list(trainer.configuration_manager.patch_size),
+                      "batch": trainer.configuration_manager.batch_size}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", dest="dataset_id", type=int, help="a planned dataset (default: synthetic)")
+    parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workdir", default="bench_output")
+    parser.add_argument("--trainers", nargs="+", default=TRAINERS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workdir = Path(args.workdir).resolve()
+    if args.dataset_id is None:
+        args.dataset_id = prepare_synthetic(workdir)
+    else:
+        from nnunet_allstage.environment import apply_default_env
+        apply_default_env()
+    import os
+    import torch
+    os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
+    if args.child:
+        return child(args)
+    predecessor_checkpoints(args.dataset_id, torch.device("cpu"))
+    results = {}
+    for name in args.trainers:
+        cmd = [sys.executable, __file__, "-d", str(args.dataset_id), "-p", args.p, "--device", args.device,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--workdir", str(workdir), "--child", name]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        if out.returncode != 0:
+            print(f"{name}: failed\n{out.stderr[-2000:]}")
+            continue
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = results[name]
+        print(f"{name:<24} {r['median_s'] * 1000:9.1f} ms/it   peak {r['peak_mb']:8.0f} MB", flush=True)
+    stock = results.get("nnUNetTrainer")
+    if not stock:
+        sys.exit("stock nnUNetTrainer did not run; no ratios")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"\ndevice: {device_name}; patch {stock['patch']}, batch {stock['batch']}; median of {args.steps} steps "
+          f"after {args.warmup} warm-up")
+    print(f"{'trainer':<24} {'ms/it':>9} {'time ratio':>11} {'mem ratio':>10}  target")
+    for name, r in results.items():
+        ratio = r["median_s"] / stock["median_s"]
+        target = TARGETS.get(name)
+        verdict = "" if target is None else f"<= {target}  {'met' if ratio <= target else 'MISSED'}"
+        print(f"{name:<24} {r['median_s'] * 1000:9.1f} {ratio:11.2f} {r['peak_mb'] / stock['peak_mb']:10.2f}  "
+              f"{verdict}")
+
+
+if __name__ == "__main__":
+    main()

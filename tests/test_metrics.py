@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from nnunet_allstage.metrics import BRATS_MAX_HD95, dice, hd95, region_metrics, regions_from_dataset_json
+
+
+def brute_force_hd95(a, b, spacing):
+    """Independent implementation: surface voxels by 6-neighbourhood test, distances by a k-d tree."""
+    def surface(m):
+        pts = []
+        for idx in np.argwhere(m):
+            for axis in range(3):
+                for step in (-1, 1):
+                    n = idx.copy()
+                    n[axis] += step
+                    if (n < 0).any() or (n >= m.shape).any() or not m[tuple(n)]:
+                        pts.append(idx)
+                        break
+                else:
+                    continue
+                break
+        return np.unique(np.array(pts), axis=0) * np.asarray(spacing)
+    sa, sb = surface(a), surface(b)
+    d_ab = cKDTree(sb).query(sa)[0]
+    d_ba = cKDTree(sa).query(sb)[0]
+    return np.percentile(np.concatenate([d_ab, d_ba]), 95)
+
+
+def test_empty_conventions():
+    e = np.zeros((5, 5, 5), bool)
+    f = e.copy()
+    f[2, 2, 2] = True
+    assert dice(e, e) == 1.0 and hd95(e, e, (1, 1, 1)) == 0.0
+    assert dice(f, e) == 0.0 and hd95(f, e, (1, 1, 1)) == BRATS_MAX_HD95
+    assert dice(e, f) == 0.0 and hd95(e, f, (1, 1, 1)) == BRATS_MAX_HD95
+
+
+def test_hand_computed_dice_and_shifted_cubes_anisotropic():
+    a = np.zeros((20, 20, 20), bool)
+    b = np.zeros_like(a)
+    a[5:10, 5:10, 5:10] = True
+    b[7:12, 5:10, 5:10] = True  # shifted by 2 voxels along axis 0
+    assert dice(a, b) == pytest.approx(2 * 75 / 250)
+    # every surface point is at most 2 voxels from the other surface along axis 0: spacing 3 mm there -> 6 mm
+    assert hd95(a, b, (3.0, 1.0, 1.0)) == pytest.approx(6.0)
+    assert hd95(a, b, (1.0, 1.0, 1.0)) == pytest.approx(2.0)
+
+
+def test_hd95_matches_independent_implementation():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = np.zeros((16, 18, 14), bool)
+        b = np.zeros_like(a)
+        for m in (a, b):
+            c = rng.integers(4, 10, 3)
+            r = rng.integers(2, 5, 3)
+            zz, yy, xx = np.ogrid[:16, :18, :14]
+            m |= ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1
+        spacing = tuple(rng.uniform(0.5, 3.0, 3))
+        assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing), rel=1e-6)
+
+
+def test_brats_regions():
+    dj = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+          "regions_class_order": [1, 2, 3]}
+    regions = regions_from_dataset_json(dj)
+    assert [r for r, _ in regions] == ["WT", "TC", "ET"]
+    ref = np.zeros((6, 6, 6), np.uint8)
+    ref[1:3] = 1
+    ref[3:4] = 2
+    ref[4:5] = 3
+    pred = ref.copy()
+    pred[4:5] = 2  # enhancing predicted as necrosis: WT and TC perfect, ET missed
+    m = region_metrics(pred, ref, (1, 1, 1), regions)
+    assert m["WT"] == (1.0, 0.0) and m["TC"][0] == 1.0 and m["ET"] == (0.0, BRATS_MAX_HD95)
