@@ -13,7 +13,8 @@ from nnunet_allstage.masking import fill_missing, modality_dropout, zero_missing
 from nnunet_allstage.networks import HyperSegNetwork, transfer_weights
 from nnunet_allstage.training.base import AllStageTrainerBase, load_network_weights, unwrap
 from nnunet_allstage.training.mae import AllStageMAETrainer
-from nnunet_allstage.training.segmentation import build_hyper_network
+from nnunet_allstage.training.segmentation import (AllStageHyperTrainer, AllStageHyperTrainer_Binary,
+                                                   build_hyper_network)
 
 
 def mean_over_ranks(values: list[float], is_ddp: bool) -> float:
@@ -106,11 +107,7 @@ class AllStageTrainer(FrozenTeacherMixin, AllStageTrainerBase):
     train_recovery = True
     teacher_sees_full_code = True
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                   enable_deep_supervision: bool = True):
-        return build_hyper_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                   enable_deep_supervision, binary_code=False)
+    build_network_architecture = staticmethod(AllStageHyperTrainer.build_network_architecture)
 
     def initialize(self):
         num_inputs = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
@@ -216,8 +213,4 @@ class AllStageTrainer_Binary(AllStageTrainer):
     stage3_trainer = "AllStageMAEDATrainer_Binary"
     binary_code = True
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                   enable_deep_supervision: bool = True):
-        return build_hyper_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                   enable_deep_supervision, binary_code=True)
+    build_network_architecture = staticmethod(AllStageHyperTrainer_Binary.build_network_architecture)
