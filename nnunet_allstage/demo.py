@@ -17,9 +17,10 @@ from nnunet_allstage.synthetic import write_synthetic_brats
 
 DEMO_DATASET_ID = 990
 DEMO_FM_RATIO = 0.25
-DEMO_SHAPE = (48, 56, 44)
+DEMO_SHAPE = (40, 48, 36)
 DEMO_SCHEDULE = "5epochs"
-DEMO_ITERATIONS = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "8", "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "2"}
+# sized so that the whole demo stays within 15 minutes on 2 CPU cores
+DEMO_ITERATIONS = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "5", "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "1"}
 
 
 def run_demo(workdir: Path, num_cases: int = 12, num_processes: int = 2, log=print) -> dict:

@@ -64,13 +64,19 @@ class HyperHead(nn.Module):
         else:
             self.text_proj = nn.Sequential(nn.Linear(embedding_dim, CONTROLLER_WIDTH), nn.ReLU(inplace=True))
         self.controller = nn.Linear(2 * CONTROLLER_WIDTH, sum(self.weight_sizes) + sum(self.bias_sizes))
+        # The controller predicts the head's parameters as an offset from learned base parameters initialised as an
+        # ordinary He-initialised 1x1x1 head: at the start the dynamic head works like a static one, instead of a
+        # product of three layers of tiny generated weights that barely passes a gradient (seen on CPU demo runs).
+        base = [nn.init.kaiming_uniform_(torch.empty(n // c, c), a=5 ** 0.5 if i == 2 else 0).flatten()
+                for i, n in enumerate(self.weight_sizes)]
+        self.base_params = nn.Parameter(torch.cat(base + [torch.zeros(sum(self.bias_sizes))]))
         self._params: list[torch.Tensor] | None = None
 
     def condition(self, bottleneck: torch.Tensor, code_embedding: torch.Tensor) -> None:
         """Generate this batch's head parameters; `forward` (called by the decoder) consumes them."""
         z_image = self.image_fc(self.image_proj(bottleneck).flatten(2).mean(2))
         z_text = self.text_proj(code_embedding.to(z_image.dtype))
-        params = self.controller(torch.cat([z_text, z_image], 1))
+        params = self.controller(torch.cat([z_text, z_image], 1)) + self.base_params
         self._params = list(torch.split(params, self.weight_sizes + self.bias_sizes, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
