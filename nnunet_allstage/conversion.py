@@ -268,7 +268,7 @@ def random_split(case_ids: Sequence[str], seed: int, val_fraction: float = 0.1, 
 def simulate_full_modality_ratio(present: dict[str, tuple[int, ...]], fm_ratio: float, seed: int,
                                  modalities: Sequence[str]) -> dict:
     """METHOD.md: a fraction ``fm_ratio`` of the subjects keeps all modalities (at least one subject when the
-    ratio is > 0, rounded to the nearest count); every other subject loses k modalities, k uniform in
+    ratio is > 0; Python rounding, halves to even); every other subject loses k modalities, k uniform in
     {1, ..., M-1}, then a uniform random subset of that size. Subjects already missing modalities in the
     source are never counted as full-modality and always keep at least one modality."""
     if not 0.0 <= fm_ratio <= 1.0:

@@ -59,34 +59,37 @@ def find_input_cases(folder: Path, file_ending: str, modality_names: list[str]) 
 
 
 def _materialise(case: InputCase, tmp: Path, file_ending: str) -> tuple[list[Path], tuple[int, ...]]:
-    """Zero placeholders for missing channels; checks that present ones share a grid."""
-    present = [f for f in case.files if f is not None]
-    if not present:
+    """Zero placeholders for missing channels; checks that present ones share a grid. Returns the channel files
+    and the code: a channel whose file is absent or all zero (the plugin's convention, as for stock
+    nnUNetv2_predict) is missing."""
+    reference, code, files = None, [], []
+    for f in case.files:
+        nonzero = False
+        if f is not None:
+            try:
+                img = sitk.ReadImage(str(f))
+            except RuntimeError:
+                raise AllStageError(f"case {case.case_id}: {f.name} cannot be read") from None
+            if reference is None:
+                reference = (f, img)
+            else:
+                problem = _same_grid(_geometry(reference[1]), _geometry(img))
+                if problem:
+                    raise AllStageError(f"case {case.case_id}: {f.name} is not on the grid of {reference[0].name}: "
+                                        f"{problem}")
+            nonzero = bool(sitk.GetArrayViewFromImage(img).any())
+        code.append(int(nonzero))
+    if reference is None:
         raise AllStageError(f"case {case.case_id}: no modality file")
-    try:
-        reference = sitk.ReadImage(str(present[0]))
-    except RuntimeError:
-        raise AllStageError(f"case {case.case_id}: {present[0].name} cannot be read") from None
-    for f in present[1:]:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(f))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            raise AllStageError(f"case {case.case_id}: {f.name} cannot be read") from None
-        info = (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-        problem = _same_grid(_geometry(reference), info)
-        if problem:
-            raise AllStageError(f"case {case.case_id}: {f.name} is not on the grid of {present[0].name}: {problem}")
-    files, code = [], []
+    if not any(code):
+        raise AllStageError(f"case {case.case_id}: every modality image is all zero")
     for channel, f in enumerate(case.files):
         if f is None:
-            zero = sitk.Image(reference.GetSize(), reference.GetPixelID())
-            zero.CopyInformation(reference)
+            zero = sitk.Image(reference[1].GetSize(), reference[1].GetPixelID())
+            zero.CopyInformation(reference[1])
             f = tmp / f"{case.case_id}_{channel:04d}{file_ending}"
             sitk.WriteImage(zero, str(f))
         files.append(f)
-        code.append(int(case.files[channel] is not None))
     return files, tuple(code)
 
 

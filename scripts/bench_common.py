@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 BENCH_DATASET_ID = 980
 
 
-def prepare_synthetic(workdir: Path, shape=(96, 112, 88), num_cases: int = 6, spacing=(1.0, 1.0, 1.0)) -> int:
+def prepare_synthetic(workdir: Path, shape=(64, 72, 56), num_cases: int = 6, spacing=(1.0, 1.0, 1.0)) -> int:
     """Synthetic BraTS-like dataset, converted (FM ratio 0.25) and planned, under workdir (reused if there)."""
     from nnunet_allstage.conversion import convert_brats
     from nnunet_allstage.environment import apply_default_env
