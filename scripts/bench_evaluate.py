@@ -68,7 +68,7 @@ def main() -> None:
                 img = sitk.ReadImage(str(f))
                 sitk.WriteImage(img if code[ch] else img * 0, str(inp / f.name))
         copy_time += time.perf_counter() - t1
-        cmd = [shutil.which("nnUNetv2_predict") or "nnUNetv2_predict", "-i", str(inp), "-o",
+        cmd = [shutil.which("nnUNetv2_predict") or str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(inp), "-o",
                str(bench / "naive_out" / code_label(code, names)), "-d", str(args.dataset_id), "-c", "3d_fullres",
                "-tr", args.tr, "-p", args.p, "-f", "0", "-device", args.device, "-npp", "1", "-nps", "1"]
         if not args.tta:

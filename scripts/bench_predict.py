@@ -44,7 +44,7 @@ def main() -> None:
         for r in range(args.repeats):
             out = workdir / "bench_predict" / tr
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [shutil.which("nnUNetv2_predict") or "nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o",
+            cmd = [shutil.which("nnUNetv2_predict") or str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o",
                    str(out), "-d", str(args.dataset_id), "-c", "3d_fullres", "-tr", tr, "-p", args.p, "-f", "0",
                    "-device", args.device, "-npp", "1", "-nps", "1"]
             if not args.tta:

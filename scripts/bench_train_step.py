@@ -27,6 +27,24 @@ TRAINERS = ["nnUNetTrainer", "AllStageDropoutTrainer", "AllStageMAETrainer", "Al
 TARGETS = {"AllStageTrainer": 2.8, "AllStageHyperTrainer": 1.15, "AllStageMAETrainer": 1.1}
 
 
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args) -> None:
     import os
     import torch
@@ -49,17 +67,18 @@ def child(args) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(args.warmup):
-        step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()  # the start-up (imports, data unpacking) is not the step's memory
+    for _ in range(args.warmup):
+        step()
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else peak_rss_mb()
     print(json.dumps({"trainer": args.child, "median_s": statistics.median(times), "peak_mb": peak,
                       "patch": list(trainer.configuration_manager.patch_size),
                       "batch": trainer.configuration_manager.batch_size}))
@@ -104,7 +123,7 @@ def main() -> None:
         sys.exit("stock nnUNetTrainer did not run; no ratios")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"\ndevice: {device_name}; patch {stock['patch']}, batch {stock['batch']}; median of {args.steps} steps "
-          f"after {args.warmup} warm-up")
+          f"after {args.warmup} warm-up; memory: peak RSS during the steps (CPU) or CUDA max allocated")
     print(f"{'trainer':<24} {'ms/it':>9} {'time ratio':>11} {'mem ratio':>10}  target")
     for name, r in results.items():
         ratio = r["median_s"] / stock["median_s"]
