@@ -58,3 +58,16 @@ def predecessor_checkpoints(dataset_id: int, device: torch.device) -> None:
     """Untrained stage 1-3 checkpoints under their conventional names, so stages 2-4 can be built."""
     for name in ("AllStageMAETrainer", "AllStageHyperTrainer", "AllStageMAEDATrainer"):
         untrained_checkpoint(dataset_id, name, device)
+
+
+def prepare_models(args, trainers: list[str]) -> Path:
+    """With no ``-d``: the synthetic dataset plus untrained checkpoints of ``trainers``. Returns the workdir."""
+    from nnunet_allstage.environment import apply_default_env
+    workdir = Path(args.workdir).resolve()
+    if args.dataset_id is None:
+        args.dataset_id = prepare_synthetic(workdir)
+        predecessor_checkpoints(args.dataset_id, torch.device("cpu"))
+        for trainer in trainers:
+            untrained_checkpoint(args.dataset_id, trainer, torch.device("cpu"), args.p)
+    apply_default_env(workdir)
+    return workdir

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import predecessor_checkpoints, prepare_synthetic, untrained_checkpoint  # noqa: E402
+from bench_common import prepare_models  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +33,10 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench_output")
     args = parser.parse_args()
     import torch
-    from nnunet_allstage.environment import apply_default_env
     from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
     from nnunet_allstage.modalities import code_label, combinations
     from nnunet_allstage.planning import dataset_name_from_id
-    workdir = Path(args.workdir).resolve()
-    if args.dataset_id is None:
-        args.dataset_id = prepare_synthetic(workdir)
-        predecessor_checkpoints(args.dataset_id, torch.device("cpu"))
-        untrained_checkpoint(args.dataset_id, args.tr, torch.device("cpu"), args.p)
-    apply_default_env(workdir)
+    workdir = prepare_models(args, [args.tr])
     name = dataset_name_from_id(args.dataset_id)
     raw = Path(os.environ["nnUNet_raw"]) / name
     folder = Path(os.environ["nnUNet_results"]) / name / f"{args.tr}__{args.p}__3d_fullres"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import predecessor_checkpoints, prepare_synthetic, untrained_checkpoint  # noqa: E402
+from bench_common import prepare_models  # noqa: E402
 
 
 def main() -> None:
@@ -28,15 +28,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench_output")
     args = parser.parse_args()
     import torch
-    from nnunet_allstage.environment import apply_default_env
     from nnunet_allstage.planning import dataset_name_from_id
-    workdir = Path(args.workdir).resolve()
-    if args.dataset_id is None:
-        args.dataset_id = prepare_synthetic(workdir)
-        predecessor_checkpoints(args.dataset_id, torch.device("cpu"))
-        for tr in ("AllStageTrainer", "nnUNetTrainer"):
-            untrained_checkpoint(args.dataset_id, tr, torch.device("cpu"), args.p)
-    apply_default_env(workdir)
+    workdir = prepare_models(args, ["AllStageTrainer", "nnUNetTrainer"])
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name_from_id(args.dataset_id)
     times = {}
     for tr in ("nnUNetTrainer", "AllStageTrainer"):
