@@ -64,3 +64,24 @@ def test_plan_real_sample_coarse(nnunet_env, brats_sample):
     pre = next((nnunet_env / "nnUNet_preprocessed").glob("Dataset901_*"))
     plans = json.loads((pre / "nnUNetPlans_3mm.json").read_text())
     assert plans["configurations"]["3d_fullres"]["spacing"] == [3.0, 3.0, 3.0]
+
+
+def test_trainer_finds_or_derives_availability(nnunet_env, synthetic_src):
+    """Planned with stock nnU-Net (no JSON in nnUNet_preprocessed): the trainer copies the converter's record;
+    with no record at all it derives one from the zero channels of the preprocessed arrays."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    convert_brats(synthetic_src, dataset_id=922, fm_ratio=0.25, seed=2, num_processes=1)
+    assert main(["plan", "-d", "922", "-np", "2"]) == 0
+    pre = next((nnunet_env / "nnUNet_preprocessed").glob("Dataset922_*"))
+    raw = next((nnunet_env / "nnUNet_raw").glob("Dataset922_*"))
+    expected = read_availability(raw)["cases"]
+    for remove_raw in (False, True):
+        (pre / "modality_availability.json").unlink()
+        if remove_raw:
+            (raw / "modality_availability.json").unlink()
+        trainer = get_trainer_from_args("922", "3d_fullres", 0, "AllStageDropoutTrainer", device=torch.device("cpu"))
+        trainer.initialize()
+        got = read_availability(pre)["cases"]
+        assert got == expected
+        assert trainer.batch_availability(list(expected)).tolist() == [expected[k] for k in expected]

@@ -86,16 +86,16 @@ class AllStageTrainerBase(nnUNetTrainer):
     def _load_availability(self) -> None:
         if self.preprocessed_dataset_folder_base is None:
             return  # inference-only construction
-        folder = Path(self.preprocessed_dataset_folder_base)
-        path = folder / AVAILABILITY_FILE
-        if not path.is_file():
-            raw = Path(nnUNet_raw) / self.plans_manager.dataset_name / AVAILABILITY_FILE if nnUNet_raw else None
-            if raw is not None and raw.is_file():
-                if self.local_rank == 0:
-                    shutil.copyfile(raw, path)
-            else:
-                self._derive_availability(path)
-        record = read_availability(path if path.is_file() else raw)
+        path = Path(self.preprocessed_dataset_folder_base) / AVAILABILITY_FILE
+        raw = Path(nnUNet_raw) / self.plans_manager.dataset_name / AVAILABILITY_FILE if nnUNet_raw else None
+        if path.is_file():
+            record = read_availability(path)
+        elif raw is not None and raw.is_file():  # planned with stock nnU-Net: take the converter's record
+            record = read_availability(raw)
+            if self.local_rank == 0:
+                shutil.copyfile(raw, path)
+        else:
+            record = self._derive_availability(path)
         if record["modalities"] != self.modality_names:
             raise AllStageError(f"{path}: modalities {record['modalities']} differ from dataset.json's "
                                 f"{self.modality_names}")
@@ -105,7 +105,7 @@ class AllStageTrainerBase(nnUNetTrainer):
         self._availability_index = {k: i for i, k in enumerate(keys)}
         self._availability = torch.tensor([table[k] for k in keys], dtype=torch.float32, device=self.device)
 
-    def _derive_availability(self, path: Path) -> None:
+    def _derive_availability(self, path: Path) -> dict:
         """No modality_availability.json (a stock nnU-Net dataset): zero channels of the preprocessed arrays are
         missing modalities (nnU-Net keeps an all-zero channel exactly zero)."""
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -115,6 +115,7 @@ class AllStageTrainerBase(nnUNetTrainer):
         if self.local_rank == 0:
             write_availability(record, path.parent)
         self.print_to_log_file(f"{AVAILABILITY_FILE} was missing; derived it from the preprocessed data")
+        return record
 
     def check_availability_against_data(self) -> None:
         t = time()
