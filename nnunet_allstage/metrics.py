@@ -29,12 +29,24 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=footprint, iterations=1)
 
 
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + margin + 1, mask.shape[axis])))
+    return tuple(box)
+
+
 def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> float:
     p, r = prediction.astype(bool), reference.astype(bool)
     if not p.any() and not r.any():
         return 0.0
     if not p.any() or not r.any():
         return BRATS_MAX_HD95
+    # Every surface voxel lies in the bounding box of p | r, so distance transforms inside that box (one voxel
+    # wider, for the erosion) give exactly the full-volume distances, at a fraction of the cost.
+    box = _bounding_box(p | r, margin=1)
+    p, r = p[box], r[box]
     sp, sr = _surface(p), _surface(r)
     to_r = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]
     to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)[sr]

@@ -61,6 +61,22 @@ def test_hd95_matches_independent_implementation():
         assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing), rel=1e-6)
 
 
+
+def test_hd95_exact_when_masks_touch_the_border_or_lie_far_apart():
+    """hd95 crops to the masks' bounding box: results must equal the uncropped reference in the corner cases."""
+    a = np.zeros((30, 12, 40), bool)
+    b = np.zeros_like(a)
+    a[0:4, 0:5, 0:6] = True          # touches three faces of the volume
+    b[25:30, 7:12, 30:40] = True     # the opposite corner
+    b[2:6, 3:8, 2:5] = True          # and a piece overlapping a
+    for spacing in [(1.0, 1.0, 1.0), (2.5, 0.8, 1.2)]:
+        assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing), rel=1e-6)
+        assert hd95(b, a, spacing) == pytest.approx(brute_force_hd95(b, a, spacing), rel=1e-6)
+    full = np.ones((6, 7, 8), bool)   # a mask filling the whole volume: its surface is the volume's faces
+    small = np.zeros_like(full)
+    small[2:4, 3:5, 3:6] = True
+    assert hd95(full, small, (1, 1, 1)) == pytest.approx(brute_force_hd95(full, small, (1, 1, 1)), rel=1e-6)
+
 def test_brats_regions():
     dj = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
           "regions_class_order": [1, 2, 3]}
