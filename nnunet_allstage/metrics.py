@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask, pad_bbox
 from scipy import ndimage
 
 BRATS_MAX_HD95 = 373.13
@@ -29,14 +30,6 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=footprint, iterations=1)
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + margin + 1, mask.shape[axis])))
-    return tuple(box)
-
-
 def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> float:
     p, r = prediction.astype(bool), reference.astype(bool)
     if not p.any() and not r.any():
@@ -45,7 +38,7 @@ def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
         return BRATS_MAX_HD95
     # Every surface voxel lies in the bounding box of p | r, so distance transforms inside that box (one voxel
     # wider, for the erosion) give exactly the full-volume distances, at a fraction of the cost.
-    box = _bounding_box(p | r, margin=1)
+    box = bounding_box_to_slice(pad_bbox(get_bbox_from_mask(p | r), 1, p.shape))
     p, r = p[box], r[box]
     sp, sr = _surface(p), _surface(r)
     to_r = ndimage.distance_transform_edt(~sr, sampling=spacing)[sp]

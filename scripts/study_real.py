@@ -95,12 +95,12 @@ def main() -> None:
           f"trainer. {len(train_cases)} training cases prove the machinery, not accuracy.")
     print("=" * 100)
     try:
-        convert_brats(train_source, dataset_id=STUDY_DATASET_ID, name="BraTSStudy",
+        train_raw = convert_brats(train_source, dataset_id=STUDY_DATASET_ID, name="BraTSStudy",
                       split=_all_training("study-train", [c.case_id for c in train_cases]),
                       fm_ratio=args.fm_ratio, seed=0, num_processes=2)
         # the test cases form their own dataset, converted with their own year's layout and label values and kept
         # complete (no FM simulation): evaluation drops the sequences of each combination itself
-        convert_brats(test_source, dataset_id=STUDY_TEST_DATASET_ID, name="BraTSStudyTest",
+        test_raw = convert_brats(test_source, dataset_id=STUDY_TEST_DATASET_ID, name="BraTSStudyTest",
                       split=_all_training("study-test", [c.case_id for c in test_cases]), num_processes=2)
         plans = plan_dataset(STUDY_DATASET_ID, target_spacing=[args.spacing] * 3, num_processes=2)
     except AllStageError as e:
@@ -120,11 +120,9 @@ def main() -> None:
     import torch
     from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model, model_folder
     from nnunet_allstage.modalities import combinations
-    name = next((workdir / "nnUNet_raw").glob(f"Dataset{STUDY_DATASET_ID}_*")).name
-    models = [load_model(model_folder(name, tr, plans, "3d_fullres"), "all", "checkpoint_final.pth",
+    models = [load_model(model_folder(train_raw.name, tr, plans, "3d_fullres"), "all", "checkpoint_final.pth",
                          torch.device(args.device), False, label)
               for tr, label in (("AllStageTrainer", "AllStage (ours)"), ("AllStageDropoutTrainer", "nnU-Net+MDrop"))]
-    test_raw = next((workdir / "nnUNet_raw").glob(f"Dataset{STUDY_TEST_DATASET_ID}_*"))
     cases = find_test_cases(test_raw / "imagesTr", test_raw / "labelsTr", ".nii.gz", 4)
     t = time.time()
     summary = evaluate(models, cases, combinations(4), workdir / "evaluation")

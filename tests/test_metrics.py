@@ -61,7 +61,6 @@ def test_hd95_matches_independent_implementation():
         assert hd95(a, b, spacing) == pytest.approx(brute_force_hd95(a, b, spacing), rel=1e-6)
 
 
-
 def test_hd95_exact_when_masks_touch_the_border_or_lie_far_apart():
     """hd95 crops to the masks' bounding box: results must equal the uncropped reference in the corner cases."""
     a = np.zeros((30, 12, 40), bool)
@@ -76,6 +75,7 @@ def test_hd95_exact_when_masks_touch_the_border_or_lie_far_apart():
     small = np.zeros_like(full)
     small[2:4, 3:5, 3:6] = True
     assert hd95(full, small, (1, 1, 1)) == pytest.approx(brute_force_hd95(full, small, (1, 1, 1)), rel=1e-6)
+
 
 def test_brats_regions():
     dj = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
