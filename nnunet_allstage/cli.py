@@ -14,8 +14,8 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="dataset name after DatasetXXX_ (default: from the source)")
     p.add_argument("--split-file", help="JSON with train/val/test lists, or a shipped split: brats2018 (split 3, "
                                         "199:29:57) or brats2020 (219:50:100). Default: seeded random ~70:10:20")
-    p.add_argument("--fm-ratio", type=float, help="simulate missing modalities: this fraction of train+val "
-                                                  "subjects keeps every modality (default: keep the data as it is)")
+    p.add_argument("--fm-ratio", type=float, help="simulate missing modalities: this fraction of the training "
+                                                  "subjects (validation subjects separately) keeps every modality (default: keep the data as it is)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation and of a random split")
     p.add_argument("--skip-bad", action="store_true", help="skip (and list) cases that fail a check")
     p.add_argument("--force", action="store_true", help="replace an existing dataset with this id")

@@ -21,6 +21,20 @@ ENV_PREFIX = "NNUNET_ALLSTAGE_"
 class AllStageConfig:
     # modality dropout: 'uniform' = one non-empty subset of the available modalities, uniformly; 'none' = off
     modality_dropout: str = "uniform"
+    # MDrop's probability that a sample keeps its whole available set ('uniform' = 1/(2^k - 1), the same as every
+    # other subset); the rest stays uniform over the proper non-empty subsets
+    full_set_probability: str = "uniform"
+    # optimiser of the segmentation trainers (stage 2, stage 4, the ablations): 'nnunet' = SGD 1e-2, momentum 0.99,
+    # poly decay; 'paper' = Adam 3e-4, weight decay 5e-4, cosine decay (the paper's Sec. 4.2)
+    segmentation_optimizer: str = "nnunet"
+    # stage 4: the recovering module g's learning rate relative to the student's (its own parameter group, its own
+    # gradient clipping)
+    recovery_lr_scale: float = 1.0
+    # stage 4: what g sees: 'available' = the available channels as they are; 'masked' = patch-masked as in stage 1
+    recovery_input: str = "available"
+    # stage 4: the student's start: 'stage3' = the stage-3 MAE's encoder/decoder, hyper head fresh (METHOD.md);
+    # 'stage2' = the whole stage-2 model (the teacher's weights)
+    student_init: str = "stage3"
     # stage 1 masking (M3AE): cubic patches of this many voxels per side, this fraction of kept-modality patches
     mask_patch_size: int = 16
     mask_ratio: float = 0.875
@@ -47,9 +61,30 @@ class AllStageConfig:
     save_every: int = 0  # checkpoint_latest every this many epochs
     preview_cases: int = 2
 
+    @property
+    def full_set_p(self) -> float | None:
+        """MDrop's probability of the whole available set, or None for uniform over all non-empty subsets."""
+        return None if self.full_set_probability == "uniform" else float(self.full_set_probability)
+
     def validate(self) -> "AllStageConfig":
         if self.modality_dropout not in ("uniform", "none"):
             raise AllStageError(f"modality_dropout must be 'uniform' or 'none', got {self.modality_dropout!r}")
+        try:
+            p = self.full_set_p
+        except ValueError:
+            p = -1.0
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise AllStageError(f"full_set_probability must be 'uniform' or a number in [0, 1], got "
+                                f"{self.full_set_probability!r}")
+        if self.segmentation_optimizer not in ("nnunet", "paper"):
+            raise AllStageError(f"segmentation_optimizer must be 'nnunet' or 'paper', got "
+                                f"{self.segmentation_optimizer!r}")
+        if self.recovery_input not in ("available", "masked"):
+            raise AllStageError(f"recovery_input must be 'available' or 'masked', got {self.recovery_input!r}")
+        if self.student_init not in ("stage3", "stage2"):
+            raise AllStageError(f"student_init must be 'stage3' or 'stage2', got {self.student_init!r}")
+        if self.recovery_lr_scale < 0:
+            raise AllStageError(f"recovery_lr_scale must be >= 0, got {self.recovery_lr_scale}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise AllStageError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
         if self.mask_patch_size < 1 or self.kd_pool_size < 1 or self.kd_num_levels < 1:

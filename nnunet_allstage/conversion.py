@@ -267,17 +267,17 @@ def random_split(case_ids: Sequence[str], seed: int, val_fraction: float = 0.1, 
 
 def simulate_full_modality_ratio(present: dict[str, tuple[int, ...]], fm_ratio: float, seed: int,
                                  modalities: Sequence[str]) -> dict:
-    """METHOD.md: a fraction ``fm_ratio`` of the subjects keeps all modalities (at least one subject when the
-    ratio is > 0; Python rounding, halves to even); every other subject loses k modalities, k uniform in
-    {1, ..., M-1}, then a uniform random subset of that size. Subjects already missing modalities in the
-    source are never counted as full-modality and always keep at least one modality."""
+    """METHOD.md, for one group of subjects: a fraction ``fm_ratio`` keeps all modalities (``round(R * N)``, at
+    least one subject when the ratio is > 0; Python rounding, halves to even); every other subject loses k
+    modalities, k uniform in {1, ..., M-1}, then a uniform random subset of that size. Subjects already missing
+    modalities in the source are never counted as full-modality and always keep at least one modality."""
     if not 0.0 <= fm_ratio <= 1.0:
         raise AllStageError(f"--fm-ratio must lie in [0, 1], got {fm_ratio}")
     m = len(modalities)
     rng = np.random.default_rng(seed)
     ids = sorted(present)
     complete = [c for c in ids if all(present[c])]
-    n_fm = 0 if fm_ratio == 0 else max(1, int(round(fm_ratio * len(ids))))
+    n_fm = 0 if fm_ratio == 0 or not ids else max(1, int(round(fm_ratio * len(ids))))
     if n_fm > len(complete):
         raise AllStageError(f"--fm-ratio {fm_ratio} asks for {n_fm} full-modality subjects, but only "
                             f"{len(complete)} of {len(ids)} have every modality in the source")
@@ -292,9 +292,25 @@ def simulate_full_modality_ratio(present: dict[str, tuple[int, ...]], fm_ratio: 
             if any(present[c][i] and i not in drop for i in range(m)):
                 break
         dropped[c] = [modalities[i] for i in drop]
-    return {"fm_ratio": fm_ratio, "seed": seed, "applies_to": "train+val",
-            "rule": "round(fm_ratio*N) subjects (>=1 if ratio>0) keep all; others drop k~U{1..M-1} modalities",
-            "full_modality_cases": sorted(full), "dropped": dropped}
+    return {"full_modality_cases": sorted(full), "dropped": dropped}
+
+
+def simulate_missing_modalities(present: dict[str, tuple[int, ...]], parts: dict, fm_ratio: float, seed: int,
+                                modalities: Sequence[str]) -> dict:
+    """The paper's FM ratio: "we randomly select subjects from the train set according to the FM ratio". The
+    training subjects are drawn on their own (``round(R * N_train)``), the validation subjects separately with the
+    same rule (an independent stream of the same seed), so the count of full-modality training subjects never
+    depends on the validation set."""
+    groups = {part: simulate_full_modality_ratio({c: present[c] for c in parts[part]}, fm_ratio,
+                                                 seed if part == "train" else seed + 7919, modalities)
+              for part in ("train", "val")}
+    return {"fm_ratio": fm_ratio, "seed": seed, "applies_to": "train and val, each drawn separately",
+            "rule": "round(fm_ratio*N) subjects (>=1 if ratio>0) keep all, N per part; others drop k~U{1..M-1} "
+                    "modalities",
+            "full_modality_cases": sorted(groups["train"]["full_modality_cases"] + groups["val"]["full_modality_cases"]),
+            "full_modality_train_cases": groups["train"]["full_modality_cases"],
+            "full_modality_val_cases": groups["val"]["full_modality_cases"],
+            "dropped": {**groups["train"]["dropped"], **groups["val"]["dropped"]}}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -498,7 +514,7 @@ def convert_dataset(cases: list[SourceCase], spec: DatasetSpec, *, dataset_id: i
     simulation = None
     keep = dict(present)
     if fm_ratio is not None:
-        simulation = simulate_full_modality_ratio({c: present[c] for c in trainval}, fm_ratio, seed, spec.modalities)
+        simulation = simulate_missing_modalities(present, parts, fm_ratio, seed, spec.modalities)
         for c, dropped in simulation["dropped"].items():
             keep[c] = tuple(int(a and m not in dropped) for m, a in zip(spec.modalities, present[c]))
 
@@ -529,9 +545,10 @@ def convert_dataset(cases: list[SourceCase], spec: DatasetSpec, *, dataset_id: i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    n_full = sum(all(keep[c]) for c in trainval)
+    n_full = {part: sum(all(keep[c]) for c in parts[part]) for part in ("train", "val")}
     log(f"wrote {target}: {len(parts['train'])} train, {len(parts['val'])} val, {len(parts['test'])} test cases; "
-        f"{n_full} of {len(trainval)} train+val cases have every modality"
+        f"{n_full['train']} of {len(parts['train'])} train and {n_full['val']} of {len(parts['val'])} val cases have "
+        f"every modality"
         + (f"; {len(skipped)} skipped" if skipped else ""))
     if parts.get("cases_listed_but_absent"):
         log(f"note: {parts['cases_listed_but_absent']} case(s) of the split are not in --src and were left out")

@@ -4,17 +4,28 @@ from __future__ import annotations
 import torch
 
 
-def modality_dropout(available: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """For each row of ``available`` (B, M) in {0,1}, one non-empty subset of its available modalities, uniformly
-    over all such subsets (the full available set is one of them). Rejection sampling of uniform random
-    subsets is exactly uniform over the non-empty ones; a row with nothing available is left as it is."""
+def modality_dropout(available: torch.Tensor, generator: torch.Generator | None = None,
+                     full_set_probability: float | None = None) -> torch.Tensor:
+    """For each row of ``available`` (B, M) in {0,1}, one non-empty subset of its available modalities. By default
+    uniformly over all such subsets (the full available set is one of them); with ``full_set_probability`` p, the
+    whole available set with probability p and otherwise uniformly over its proper non-empty subsets (a row with
+    a single available modality has none and keeps it). Rejection sampling of uniform random subsets is exactly
+    uniform over the accepted ones; a row with nothing available is left as it is."""
     available = available.bool()
     code = torch.zeros_like(available)
     todo = available.any(1)
+    keep_all = torch.zeros_like(todo)
+    if full_set_probability is not None:
+        single = available.sum(1) == 1
+        keep_all = todo & ((torch.rand(todo.shape, generator=generator, device=available.device)
+                            < full_set_probability) | single)
+        code[keep_all] = available[keep_all]
+        todo &= ~keep_all
     while todo.any():
         draw = torch.rand(available.shape, generator=generator, device=available.device) < 0.5
         draw &= available
-        accept = todo & draw.any(1)
+        proper = draw.any(1) & ((draw != available).any(1) if full_set_probability is not None else True)
+        accept = todo & proper
         code[accept] = draw[accept]
         todo &= ~accept
     return code.to(torch.float32)
@@ -44,12 +55,11 @@ def patch_mask(shape: tuple[int, ...], kept: torch.Tensor, patch_size: int, mask
     return visible.to(torch.float32)
 
 
-def mask_input(data: torch.Tensor, available: torch.Tensor, patch_size: int, mask_ratio: float,
-               dropout: bool = True, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MASK(x) of METHOD.md: MDrop, then patch masking of the kept modalities. Returns (masked input, kept code)."""
-    kept = modality_dropout(available, generator) if dropout else available.float()
-    visible = patch_mask(tuple(data.shape), kept, patch_size, mask_ratio, generator)
-    return data * visible.to(data.dtype), kept
+def mask_input(data: torch.Tensor, kept: torch.Tensor, patch_size: int, mask_ratio: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """MASK(x) of METHOD.md once MDrop has chosen the ``kept`` modalities (B, M): patch masking of the kept
+    modalities, everything else zero."""
+    return data * patch_mask(tuple(data.shape), kept, patch_size, mask_ratio, generator).to(data.dtype)
 
 
 def fill_missing(data: torch.Tensor, available: torch.Tensor, recovered: torch.Tensor) -> torch.Tensor:

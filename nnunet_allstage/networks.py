@@ -131,11 +131,26 @@ class HyperSegNetwork(nn.Module):
         return (out, skips) if return_features else out
 
 
+def forward_with_features(network: nn.Module, x: torch.Tensor, code: torch.Tensor | None):
+    """(outputs, encoder skips) of a HyperSegNetwork (with ``code``) or of a planned U-Net (code unused), also
+    through DDP or torch.compile wrappers."""
+    if isinstance(unwrap(network), HyperSegNetwork):
+        return network(x, code, return_features=True)
+    network = unwrap(network)
+    skips = network.encoder(x)
+    return network.decoder(skips), skips
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside DDP and torch.compile wrappers."""
+    network = getattr(network, "module", network)  # DDP
+    return getattr(network, "_orig_mod", network)  # torch.compile
+
+
 @contextmanager
 def network_code(network: nn.Module, code: torch.Tensor | None):
     """Hands ``code`` to a HyperSegNetwork for the calls nnU-Net's own train/validation steps make."""
-    target = getattr(network, "module", network)  # DDP
-    target = getattr(target, "_orig_mod", target)  # torch.compile
+    target = unwrap(network)
     if not isinstance(target, HyperSegNetwork) or code is None:
         yield
         return

@@ -38,8 +38,8 @@ def write_reconstruction_preview(trainer, dataset, key: str, out: Path, seed: in
     patch = zero_missing(patch, available)
     generator = torch.Generator(device=trainer.device).manual_seed(seed)
     cfg = trainer.allstage_config
-    kept = modality_dropout(available, generator) if cfg.modality_dropout == "uniform" else available
-    masked, _ = mask_input(patch, kept, cfg.mask_patch_size, cfg.mask_ratio, dropout=False, generator=generator)
+    kept = modality_dropout(available, generator, cfg.full_set_p) if cfg.modality_dropout == "uniform" else available
+    masked = mask_input(patch, kept, cfg.mask_patch_size, cfg.mask_ratio, generator=generator)
     with trainer.autocast():
         reconstruction = trainer.network(masked).float()
     z = patch.shape[2] // 2

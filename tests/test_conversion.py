@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_allstage.cli import main
-from nnunet_allstage.conversion import (convert_brats, detect_brats_year, load_split,
-                                        simulate_full_modality_ratio)
+from nnunet_allstage.conversion import (convert_brats, detect_brats_year, load_split, simulate_full_modality_ratio,
+                                        simulate_missing_modalities)
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.modalities import BRATS_MODALITIES, read_availability
 
@@ -37,12 +37,14 @@ def test_convert_real_sample_with_split_and_fm_ratio(nnunet_env, brats_sample):
                   num_processes=2)
     ds = _dataset(nnunet_env, 901)
     rec = read_availability(ds)
-    # the sample holds 6 train, 1 val and 1 test case of the public split 3
-    assert len(rec["split"]["train"]) == 6 and len(rec["split"]["val"]) == 1 and len(rec["split"]["test"]) == 1
+    # the sample holds 7 train, 1 val and 4 test cases of the public split 3
+    assert len(rec["split"]["train"]) == 7 and len(rec["split"]["val"]) == 1 and len(rec["split"]["test"]) == 4
     trainval = rec["split"]["train"] + rec["split"]["val"]
     assert sorted(rec["cases"]) == sorted(trainval)
-    n_full = sum(all(v) for v in rec["cases"].values())
-    assert n_full == round(0.25 * 7) == len(rec["simulation"]["full_modality_cases"])
+    # the FM ratio is drawn over the training subjects, the validation subjects separately with the same rule
+    n_full_train = sum(all(rec["cases"][c]) for c in rec["split"]["train"])
+    assert n_full_train == round(0.25 * 7) == len(rec["simulation"]["full_modality_train_cases"])
+    assert all(all(rec["cases"][c]) for c in rec["split"]["val"])  # max(1, round(0.25 * 1))
     for case, dropped in rec["simulation"]["dropped"].items():
         assert 1 <= len(dropped) <= 3
         assert [m not in dropped for m in BRATS_MODALITIES] == [bool(a) for a in rec["cases"][case]]
@@ -67,7 +69,7 @@ def test_convert_real_sample_with_split_and_fm_ratio(nnunet_env, brats_sample):
 
     dj = json.loads((ds / "dataset.json").read_text())
     assert dj["channel_names"] == {"0": "FLAIR", "1": "T1", "2": "T1c", "3": "T2"}
-    assert dj["regions_class_order"] == [1, 2, 3] and dj["numTraining"] == 7
+    assert dj["regions_class_order"] == [1, 2, 3] and dj["numTraining"] == 8
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     verify_dataset_integrity(str(ds), num_processes=2)  # raises on failure
 
@@ -158,6 +160,23 @@ def test_fm_simulation_rule():
     assert simulate_full_modality_ratio(present, 0.0, 0, BRATS_MODALITIES)["full_modality_cases"] == []
     with pytest.raises(AllStageError):
         simulate_full_modality_ratio(present, 1.5, 0, BRATS_MODALITIES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_fm_ratio_counts_training_subjects_of_the_brats2018_split(seed):
+    split = load_split("brats2018")
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (199, 29, 57)
+    present = {c: (1, 1, 1, 1) for c in split["train"] + split["val"]}
+    parts = {"train": split["train"], "val": split["val"]}
+    for ratio, n_train, n_val in ((0.01, 2, 1), (0.1, 20, 3)):
+        sim = simulate_missing_modalities(present, parts, ratio, seed, BRATS_MODALITIES)
+        assert len(sim["full_modality_train_cases"]) == n_train and set(sim["full_modality_train_cases"]) <= set(parts["train"])
+        assert len(sim["full_modality_val_cases"]) == n_val and set(sim["full_modality_val_cases"]) <= set(parts["val"])
+        assert set(sim["dropped"]) == set(present) - set(sim["full_modality_cases"])
+    # the training draw does not depend on the validation set
+    alone = simulate_missing_modalities(present, {"train": split["train"], "val": []}, 0.1, seed, BRATS_MODALITIES)
+    assert alone["full_modality_train_cases"] == simulate_missing_modalities(
+        present, parts, 0.1, seed, BRATS_MODALITIES)["full_modality_train_cases"]
 
 
 def _break(root: Path, how: str):

@@ -44,8 +44,9 @@ def test_patch_mask_non_divisible_shape_and_at_least_one_visible():
 
 def test_mask_input_zeroes_masked_voxels():
     x = torch.randn(2, 4, 32, 32, 32)
-    masked, kept = mask_input(x, torch.ones(2, 4), 16, 0.875)
-    assert kept.sum(1).min() >= 1
+    kept = torch.tensor([[1.0, 1, 0, 1], [0, 1, 1, 1]])
+    masked = mask_input(x, kept, 16, 0.875)
+    assert not masked[0, 2].any() and not masked[1, 0].any()  # dropped modalities fully hidden
     nz = masked != 0
     assert torch.equal(masked[nz], x[nz])
     assert (~nz).float().mean() > 0.8
@@ -63,6 +64,21 @@ def test_modality_dropout_uniform_over_nonempty_subsets():
     partial = modality_dropout(torch.tensor([[1.0, 0, 1, 1]]).repeat(21000, 1), gen)
     assert partial[:, 1].sum() == 0 and partial.sum(1).min() >= 1
     assert len(torch.unique(partial, dim=0)) == 7
+
+
+def test_modality_dropout_full_set_probability():
+    gen = torch.Generator().manual_seed(1)
+    n = 40000
+    codes = modality_dropout(torch.ones(n, 4), gen, full_set_probability=0.5)
+    full = codes.sum(1) == 4
+    assert abs(full.float().mean() - 0.5) < 0.02  # sd 0.0025
+    subsets, counts = torch.unique(codes[~full], dim=0, return_counts=True)
+    assert len(subsets) == 14  # the rest uniform over the proper non-empty subsets
+    assert ((counts - counts.float().mean()).abs() < 0.1 * counts.float().mean()).all(), counts
+    single = modality_dropout(torch.tensor([[0.0, 0, 1, 0]]).repeat(100, 1), gen, full_set_probability=0.0)
+    assert torch.equal(single, torch.tensor([[0.0, 0, 1, 0]]).repeat(100, 1))  # nothing else to keep
+    never = modality_dropout(torch.tensor([[1.0, 1, 0, 1]]).repeat(2000, 1), gen, full_set_probability=0.0)
+    assert never.sum(1).max() < 3 and never[:, 2].sum() == 0
 
 
 def test_reconstruction_loss_ignores_unavailable_modalities():

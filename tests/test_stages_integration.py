@@ -336,3 +336,38 @@ def test_evaluate_table_has_the_papers_shape(workspace):
     assert header.count("|") == 2 + 15 + 1 + 1
     assert sum(line.startswith("| WT |") for line in table.splitlines()) == 4  # 2 models x (Dice, HD95)
     assert (out / "dice_heatmap.png").stat().st_size > 5000 and (out / "hd95_heatmap.png").is_file()
+
+
+ABLATIONS = [  # (trainer, what must be in its training log), in an order that trains each predecessor first
+    ("AllStageMAEFinetuneTrainer_1epoch", "initialised from stage 1"),
+    ("AllStageDAFinetuneTrainer_1epoch", "initialised from stage 3"),
+    ("AllStageDAHyperTrainer_1epoch", "initialised from stage 3"),
+    ("AllStageTrainer_NoKD_1epoch", "recovering module initialised from stage 3"),
+    ("AllStageTrainer_NoDataRefinement_1epoch", "recovering module initialised from stage 3"),
+    ("AllStageTrainer_NoHyperTeacher_1epoch", "frozen teacher (plain U-Net)"),
+    ("AllStageHyperTrainer_Binary_1epoch", "binary codes"),
+    ("AllStageMAEDATrainer_Binary_1epoch", "hyper-network, full-modality code"),
+    ("AllStageDAFinetuneTrainer_Binary_1epoch", "initialised from stage 3"),
+    ("AllStageDAHyperTrainer_Binary_1epoch", "initialised from stage 3"),
+    ("AllStageTrainer_ModelDistNoMAE_Binary_1epoch", "hyper-network, full-modality code"),
+    ("AllStageTrainer_NoDataRefinement_Binary_1epoch", "recovering module initialised from stage 3"),
+    ("AllStageTrainer_NoHyperTeacher_Binary_1epoch", "frozen teacher (plain U-Net)"),
+    ("AllStageTrainer_Binary_1epoch", "recovering module initialised from stage 3"),
+]
+
+
+def test_ablation_trainers_resolve_and_train_one_epoch(workspace):
+    """Every row of the paper's Tables 4-5 and Fig. 5: found by nnUNetv2_train's lookup, one epoch each."""
+    if not (output_folder(workspace, "AllStageMAEDATrainer_1epoch") / "checkpoint_final.pth").is_file():
+        pytest.skip("needs the stage-3 run of test_stage3_stage4_and_stock_prediction")
+    for trainer, expected in ABLATIONS:
+        train(workspace, trainer)
+        folder = output_folder(workspace, trainer)
+        ckpt = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert ckpt["trainer_name"] == trainer and ckpt["current_epoch"] == 1
+        assert expected in next(folder.glob("training_log_*.txt")).read_text(), trainer
+        keys = ckpt["network_weights"]
+        hyper = any(".hyper" in k or "code_table" in k for k in keys)
+        assert hyper == ("Hyper" in trainer or trainer.startswith("AllStageTrainer")), trainer
+        has_g = "recovery_weights" in ckpt["allstage"]
+        assert has_g == ("ModelDistNoMAE" not in trainer and trainer.startswith("AllStageTrainer")), trainer

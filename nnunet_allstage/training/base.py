@@ -10,7 +10,6 @@ from time import time
 import numpy as np
 import torch
 from torch import autocast
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.paths import nnUNet_raw, nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -21,19 +20,15 @@ from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.masking import modality_dropout, zero_missing
 from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_record, modality_names_from_dataset_json,
                                         read_availability, write_availability)
-from nnunet_allstage.networks import network_code
+from nnunet_allstage.networks import network_code, unwrap
 from nnunet_allstage.planning import check_preprocessed_availability
+from nnunet_allstage.training.optim import segmentation_optimizer
 
 SCHEDULE_SUFFIXES = {"_1epoch": 1, "_5epochs": 5, "_50epochs": 50}
 
 
 def schedule_suffix(class_name: str) -> str:
     return next((s for s in SCHEDULE_SUFFIXES if class_name.endswith(s)), "")
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    network = getattr(network, "module", network)  # DDP
-    return network._orig_mod if isinstance(network, OptimizedModule) else network
 
 
 def load_network_weights(path: Path) -> dict:
@@ -44,11 +39,24 @@ def load_network_weights(path: Path) -> dict:
     return checkpoint
 
 
+class SegmentationOptimizerMixin:
+    """Stage 2, stage 4 and the ablation trainers: nnU-Net's optimiser or the paper's (option
+    ``segmentation_optimizer``), over the parameter groups the trainer names."""
+
+    def optimizer_param_groups(self) -> list[dict]:
+        return [{"params": list(self.network.parameters())}]
+
+    def configure_optimizers(self):
+        optimizer, scheduler, _ = segmentation_optimizer(self.allstage_config.segmentation_optimizer,
+                                                         self.optimizer_param_groups(), self.initial_lr,
+                                                         self.weight_decay, self.num_epochs)
+        return optimizer, scheduler
+
+
 class AllStageTrainerBase(nnUNetTrainer):
     """nnU-Net's trainer plus availability handling. Subclasses override one thing each."""
 
     stage_name = "base"
-    use_modality_dropout = True  # MDrop in training steps (METHOD.md conventions)
     # The hyper head hands per-batch parameters from its controller to the decoder through module state, which
     # has not been verified under torch.compile: trainers with a hyper-network run eagerly.
     allow_compile = True
@@ -136,10 +144,17 @@ class AllStageTrainerBase(nnUNetTrainer):
         and returns the modality code the network must see."""
         data = batch["data"].to(self.device, non_blocking=True)
         code = self.batch_availability(batch["keys"])
-        if training and self.use_modality_dropout and self.allstage_config.modality_dropout == "uniform":
-            code = modality_dropout(code)
+        if training:
+            code = self.drop_modalities(code)
         batch["data"] = zero_missing(data, code)
         return code
+
+    def drop_modalities(self, available: torch.Tensor) -> torch.Tensor:
+        """MDrop as the options say (METHOD.md): the code a training sample is shown with."""
+        cfg = self.allstage_config
+        if cfg.modality_dropout != "uniform":
+            return available
+        return modality_dropout(available, full_set_probability=cfg.full_set_p)
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch: dict) -> dict:
@@ -155,19 +170,22 @@ class AllStageTrainerBase(nnUNetTrainer):
     def autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
-    def optimizer_step(self, loss: torch.Tensor, parameters) -> None:
-        """nnU-Net's backward / clip / step, with its grad scaler."""
-        parameters = list(parameters)
+    def optimizer_step(self, loss: torch.Tensor, *modules: torch.nn.Module) -> list[float]:
+        """nnU-Net's backward / clip / step, with its grad scaler. Each module's gradient is clipped on its own
+        (nnU-Net's norm 12): clipped together, a large gradient of one module (stage 4's recovering module) would
+        shrink the step of the other (the student). Returns each module's gradient norm before clipping."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, 12)
+        else:
+            loss.backward()
+        norms = [float(torch.nn.utils.clip_grad_norm_(m.parameters(), 12)) for m in modules]
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 12)
             self.optimizer.step()
+        return norms
 
     def log_extra(self, key: str, value) -> None:
         """Log a value nnU-Net's logger does not know, one per epoch, padded if the key is new."""

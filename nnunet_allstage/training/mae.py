@@ -1,7 +1,6 @@
 """Stage 1: multimodal MAE pre-training (Eq. 1)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +12,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_allstage.losses import reconstruction_loss
 from nnunet_allstage.masking import mask_input, zero_missing
 from nnunet_allstage.training.base import AllStageTrainerBase
-
-
-class CosineLRScheduler(torch.optim.lr_scheduler._LRScheduler):
-    """Cosine decay by epoch, stateless like nnU-Net's PolyLRScheduler (so `--c` resumes it exactly)."""
-
-    def __init__(self, optimizer, initial_lr: float, max_steps: int):
-        self.initial_lr, self.max_steps = initial_lr, max(1, max_steps)
-        super().__init__(optimizer, -1)
-
-    def step(self, current_step=None):
-        step = self.last_epoch + 1 if current_step is None else current_step
-        self.last_epoch = step
-        lr = 0.5 * self.initial_lr * (1 + math.cos(math.pi * min(step, self.max_steps) / self.max_steps))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+from nnunet_allstage.training.optim import adam_cosine
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -45,8 +30,8 @@ class MAETrainerMixin:
         available = self.batch_availability(batch["keys"])
         data = zero_missing(data, available)
         cfg = self.allstage_config
-        masked, kept = mask_input(data, available, cfg.mask_patch_size, cfg.mask_ratio,
-                                  dropout=cfg.modality_dropout == "uniform")
+        kept = self.drop_modalities(available)
+        masked = mask_input(data, kept, cfg.mask_patch_size, cfg.mask_ratio)
         reconstruction = self.network(masked)
         return data, available, masked, kept, reconstruction
 
@@ -117,8 +102,8 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
                                                         num_input_channels, enable_deep_supervision=False)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        return optimizer, CosineLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return adam_cosine([{"params": list(self.network.parameters())}], self.initial_lr, self.weight_decay,
+                           self.num_epochs)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # the MAE has a single full-resolution output
@@ -128,5 +113,5 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
         with self.autocast():
             data, available, _, _, reconstruction = self.mae_forward(batch)
             loss = reconstruction_loss(reconstruction, data, available)
-        self.optimizer_step(loss, self.network.parameters())
+        self.optimizer_step(loss, self.network)
         return {"loss": loss.detach().cpu().numpy()}

@@ -7,7 +7,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_allstage.networks import HyperSegNetwork, transfer_weights
 from nnunet_allstage.text_embeddings import CLIP_EMBEDDING_DIM, clip_table
-from nnunet_allstage.training.base import AllStageTrainerBase, load_network_weights, unwrap
+from nnunet_allstage.training.base import (AllStageTrainerBase, SegmentationOptimizerMixin, load_network_weights,
+                                           unwrap)
 
 
 def build_hyper_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
@@ -22,6 +23,22 @@ class AllStageDropoutTrainer(AllStageTrainerBase):
     """Baseline: nnU-Net's planned U-Net trained with modality dropout and re-zeroing; no MAE, no hyper head."""
 
     stage_name = "baseline (nnU-Net + modality dropout)"
+
+
+class InitFromStageMixin:
+    """Initialise the network from an earlier stage's checkpoint: every tensor whose name and shape match, the
+    output layers (``seg_layers``) excepted."""
+
+    init_stage = 1
+    init_trainer = "AllStageMAETrainer"
+
+    def load_predecessors(self) -> None:
+        path = self.predecessor_checkpoint(self.init_stage, self.init_trainer)
+        weights = load_network_weights(path)["network_weights"]
+        loaded, skipped = transfer_weights(weights, unwrap(self.network))
+        self.print_to_log_file(f"initialised from stage {self.init_stage} {path}: {loaded} tensors loaded, "
+                               f"{len(skipped)} left as initialised "
+                               f"({', '.join(sorted({s.rsplit('.', 2)[0] for s in skipped}))})")
 
 
 class HyperNetworkMixin:
@@ -46,26 +63,18 @@ class HyperNetworkMixin:
         return {**super().extra_checkpoint_state(), "code_table": self.code_table_description}
 
 
-class AllStageHyperTrainer(HyperNetworkMixin, AllStageTrainerBase):
+class AllStageHyperTrainer(InitFromStageMixin, HyperNetworkMixin, SegmentationOptimizerMixin, AllStageTrainerBase):
     """Stage 2: the CLIP-driven hyper-network U-Net, initialised from stage 1, trained with MDrop and nnU-Net's
     region loss with deep supervision. Its final validation and nnUNetv2_predict derive each case's code from
     its zero channels."""
 
     stage_name = "stage 2 (hyper-network segmentation)"
-    stage1_trainer = "AllStageMAETrainer"
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision: bool = True):
         return build_hyper_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision, binary_code=False)
-
-    def load_predecessors(self) -> None:
-        path = self.predecessor_checkpoint(1, self.stage1_trainer)
-        weights = load_network_weights(path)["network_weights"]
-        loaded, skipped = transfer_weights(weights, unwrap(self.network))
-        self.print_to_log_file(f"initialised from stage 1 {path}: {loaded} tensors loaded, {len(skipped)} left "
-                               f"as initialised ({', '.join(sorted({s.rsplit('.', 2)[0] for s in skipped}))})")
 
 
 class AllStageHyperTrainer_Binary(AllStageHyperTrainer):
@@ -78,3 +87,42 @@ class AllStageHyperTrainer_Binary(AllStageHyperTrainer):
                                    enable_deep_supervision: bool = True):
         return build_hyper_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision, binary_code=True)
+
+
+# ---------------------------------------------------------------------------------------- ablations (paper Sec. 4.4)
+class AllStageMAEFinetuneTrainer(InitFromStageMixin, SegmentationOptimizerMixin, AllStageTrainerBase):
+    """Table 4 "MAE baseline": the planned U-Net (static head) initialised from stage 1, trained with MDrop."""
+
+    stage_name = "ablation: MAE baseline (static head from stage 1)"
+
+
+class AllStageDAFinetuneTrainer(AllStageMAEFinetuneTrainer):
+    """Table 4 "+distribution approximation" = Table 5 (a) = Fig. 5 baseline: the planned U-Net (static head)
+    initialised from stage 3, trained with MDrop."""
+
+    stage_name = "ablation: +distribution approximation (static head from stage 3)"
+    init_stage = 3
+    init_trainer = "AllStageMAEDATrainer"
+
+
+class AllStageDAFinetuneTrainer_Binary(AllStageDAFinetuneTrainer):
+    """Table 5 (a) with binary codes throughout: initialised from the stage 3 that had the binary-code teacher."""
+
+    init_trainer = "AllStageMAEDATrainer_Binary"
+
+
+class AllStageDAHyperTrainer(AllStageHyperTrainer):
+    """Table 4 "+CLIP-driven hyper-network" and Fig. 5: the hyper-network initialised from stage 3, MDrop, no
+    teacher."""
+
+    stage_name = "ablation: +hyper-network (from stage 3, no teacher)"
+    init_stage = 3
+    init_trainer = "AllStageMAEDATrainer"
+
+
+class AllStageDAHyperTrainer_Binary(AllStageHyperTrainer_Binary):
+    """Fig. 5's binary-code bar: the binary-code hyper-network initialised from stage 3, MDrop, no teacher."""
+
+    stage_name = "ablation: +binary-code hyper-network (from stage 3, no teacher)"
+    init_stage = 3
+    init_trainer = "AllStageMAEDATrainer_Binary"

@@ -4,17 +4,21 @@ Short-schedule variants are named as nnU-Net names its own (``_1epoch``, ``_5epo
 finds its predecessor with the same suffix.
 """
 from nnunet_allstage.training.base import SCHEDULE_SUFFIXES
-from nnunet_allstage.training.codistillation import (AllStageMAEDATrainer, AllStageMAEDATrainer_Binary,
-                                                     AllStageTrainer, AllStageTrainer_Binary,
-                                                     AllStageTrainer_NoDataRefinement, AllStageTrainer_NoHyperTeacher,
-                                                     AllStageTrainer_NoKD)
+from nnunet_allstage.training.codistillation import (
+    AllStageMAEDATrainer, AllStageMAEDATrainer_Binary, AllStageTrainer, AllStageTrainer_Binary,
+    AllStageTrainer_ModelDistNoMAE_Binary, AllStageTrainer_NoDataRefinement, AllStageTrainer_NoDataRefinement_Binary,
+    AllStageTrainer_NoHyperTeacher, AllStageTrainer_NoHyperTeacher_Binary, AllStageTrainer_NoKD)
 from nnunet_allstage.training.mae import AllStageMAETrainer
-from nnunet_allstage.training.segmentation import (AllStageDropoutTrainer, AllStageHyperTrainer,
-                                                   AllStageHyperTrainer_Binary)
+from nnunet_allstage.training.segmentation import (
+    AllStageDAFinetuneTrainer, AllStageDAFinetuneTrainer_Binary, AllStageDAHyperTrainer, AllStageDAHyperTrainer_Binary,
+    AllStageDropoutTrainer, AllStageHyperTrainer, AllStageHyperTrainer_Binary, AllStageMAEFinetuneTrainer)
 
 BASE_TRAINERS = [AllStageMAETrainer, AllStageHyperTrainer, AllStageHyperTrainer_Binary, AllStageDropoutTrainer,
-                 AllStageMAEDATrainer, AllStageMAEDATrainer_Binary, AllStageTrainer, AllStageTrainer_NoKD,
-                 AllStageTrainer_NoDataRefinement, AllStageTrainer_NoHyperTeacher, AllStageTrainer_Binary]
+                 AllStageMAEDATrainer, AllStageMAEDATrainer_Binary, AllStageTrainer, AllStageTrainer_Binary,
+                 AllStageMAEFinetuneTrainer, AllStageDAFinetuneTrainer, AllStageDAFinetuneTrainer_Binary,
+                 AllStageDAHyperTrainer, AllStageDAHyperTrainer_Binary, AllStageTrainer_NoKD,
+                 AllStageTrainer_NoDataRefinement, AllStageTrainer_NoHyperTeacher, AllStageTrainer_ModelDistNoMAE_Binary,
+                 AllStageTrainer_NoDataRefinement_Binary, AllStageTrainer_NoHyperTeacher_Binary]
 
 __all__ = [cls.__name__ for cls in BASE_TRAINERS]
 
