@@ -57,31 +57,41 @@ def print_status(stages: list[Stage], log=print) -> None:
         log(f"  {s.title:<42} {s.trainer:<{width}}  {s.state}")
 
 
+def train_command(dataset_id: int, fold, trainer: str, *, configuration: str = "3d_fullres",
+                  plans: str = "nnUNetPlans", device: str = "cuda", num_gpus: int = 1, resume: bool = False,
+                  extra_args: list[str] | None = None) -> list[str]:
+    train_cmd = shutil.which("nnUNetv2_train") or str(Path(sys.executable).parent / "nnUNetv2_train")
+    cmd = [train_cmd, str(dataset_id), configuration, str(fold), "-tr", trainer, "-p", plans, "-device", device]
+    if num_gpus > 1:
+        cmd += ["-num_gpus", str(num_gpus)]
+    if resume:
+        cmd.append("--c")
+    return cmd + (extra_args or [])
+
+
+def run_training(cmd: list[str], title: str, env: dict | None = None, log=print, **popen) -> None:
+    """One nnUNetv2_train run with the trainer shim on the path; a failure is an AllStageError."""
+    log(f"[run] {title}: {' '.join(cmd)}")
+    result = subprocess.run(cmd, env={**os.environ, **(env or {}), "nnUNet_extTrainer": str(trainer_shim_dir())},
+                            **popen)
+    if result.returncode != 0:
+        raise AllStageError(f"{title} failed (nnUNetv2_train exit code {result.returncode}); fix the cause above and "
+                            f"re-run the same command: finished stages are skipped and interrupted ones continue")
+
+
 def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres", plans: str = "nnUNetPlans",
                  schedule: str = "", baseline: bool = False, binary: bool = False, device: str = "cuda",
                  num_gpus: int = 1, extra_args: list[str] | None = None, env: dict | None = None, log=print) -> None:
     stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary)
-    train_cmd = shutil.which("nnUNetv2_train") or str(Path(sys.executable).parent / "nnUNetv2_train")
-    run_env = {**os.environ, **(env or {}), "nnUNet_extTrainer": str(trainer_shim_dir())}
     log(f"nnunet-allstage train: dataset {dataset_id}, fold {fold}, {configuration}, plans {plans}")
     print_status(stages, log)
     for stage in stages:
         if stage.state == "done":
             log(f"[skip] {stage.title}: {stage.folder / 'checkpoint_final.pth'} exists")
             continue
-        cmd = [train_cmd, str(dataset_id), configuration, str(fold), "-tr", stage.trainer, "-p", plans,
-               "-device", device]
-        if num_gpus > 1:
-            cmd += ["-num_gpus", str(num_gpus)]
-        if stage.state == "interrupted":
-            cmd.append("--c")
-        cmd += extra_args or []
-        log(f"[run] {stage.title}: {' '.join(cmd)}")
-        result = subprocess.run(cmd, env=run_env)
-        if result.returncode != 0:
-            raise AllStageError(f"{stage.title} failed (nnUNetv2_train exit code {result.returncode}); fix the "
-                                f"cause above and re-run the same command: finished stages are skipped and "
-                                f"interrupted ones continue")
+        cmd = train_command(dataset_id, fold, stage.trainer, configuration=configuration, plans=plans, device=device,
+                            num_gpus=num_gpus, resume=stage.state == "interrupted", extra_args=extra_args)
+        run_training(cmd, stage.title, env, log)
         if stage.state != "done":
             raise AllStageError(f"{stage.title} ended without {stage.folder / 'checkpoint_final.pth'}")
     log("all stages finished:")

@@ -1,38 +1,201 @@
 #!/usr/bin/env python
-"""Real-data study on BraTS cases on the CPU: the dropout baseline against the full four-stage method.
+"""Real-data study on BraTS cases on the CPU: what each stage buys, against nnU-Net + modality dropout.
 
-Converts the training cases at FM ratio 0.25, plans at a coarse target spacing CPU training can afford,
-trains the baseline and each of the four stages on all training cases (nnU-Net fold `all`) with the same
-iteration budget per trainer, and evaluates both over the 15 input combinations on the test cases.
+Converts the training cases at FM ratio 0.25, plans at a coarse target spacing CPU training can afford, trains
+every row of a ladder on all training cases (nnU-Net fold `all`) with the same iteration budget per trainer
+(stages shared between rows are trained once), and evaluates every row on the same test cases over the 15 input
+combinations. Every ladder also gets nnU-Net + modality dropout at the same per-trainer budget and at the total
+iterations of the four stages together (the compute-matched baseline: what the method's GPU-hours buy instead).
 
-    python scripts/study_real.py                                  # the shared 8-case BraTS 2018 sample
-    python scripts/study_real.py --test-src /data/other_brats      # a test folder in any BraTS layout
+    python scripts/study_real.py                               # ladder 'method': baseline, stage 2, stage 4
+    python scripts/study_real.py --ladder table4 --seeds 2     # the paper's Table 4, two seeds
+    python scripts/study_real.py --ladder recipe --rows 0,1,2  # some rows of the recipe ladder
+    python scripts/study_real.py --test-src /data/other_brats  # a test folder in any BraTS layout
 
-Without --test-src, two cases of the sample are held back for testing (the split-3 test case and the split-3
-validation case). With 6 training cases this proves the machinery, not accuracy. The test cases are converted
-as a dataset of their own (their year's file names and label values, no FM simulation); a test case whose id is
-also in --src is left out of training.
-
-Defaults (4 mm, patch 40x48x40, batch 2, 8 epochs x 16 iterations per trainer) took 67 minutes on 2 CPU cores:
-58 training (stage 4 alone 21), 8 evaluating 2 test cases; evaluation has since become 4x faster (about 1 minute
-per test case).
+Without --test-src, the four cases of the 12-case BraTS 2018 sample that split 3 puts in its test set are held
+back and the other eight train. Each seed converts its own simulated dataset (FM draw) and trains every row
+again (nnU-Net's training is not seeded); the table gives mean +- sd over seeds and, per row, the per-case paired
+difference to the first row with its standard error over the test cases. Outputs: study_summary.json,
+study_table.md and every evaluation under --workdir.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "brats2018_sample" / "MICCAI_BraTS_2018_Data_Training"
-HELD_BACK = ("Brats18_2013_3_1", "Brats18_TCIA02_135_1")
+HELD_BACK = ("Brats18_2013_3_1", "Brats18_CBICA_AME_1", "Brats18_TCIA01_425_1", "Brats18_TCIA10_637_1")
 STUDY_DATASET_ID = 902
 STUDY_TEST_DATASET_ID = 903
+FOUR_STAGES = 4  # the compute-matched baseline trains this many trainers' worth of iterations
+
+
+@dataclass
+class Row:
+    label: str
+    trainer: str
+    options: dict = field(default_factory=dict)  # NNUNET_ALLSTAGE_* options of this row
+    budget: int = 1  # multiple of the per-trainer iteration budget
+
+
+BASELINES = [Row("nnU-Net + MDrop (same budget per trainer)", "AllStageDropoutTrainer"),
+             Row("nnU-Net + MDrop (compute-matched: 4 trainers' iterations)", "AllStageDropoutTrainer",
+                 budget=FOUR_STAGES)]
+LADDERS = {
+    "method": [Row("stage 2: hyper-network (the teacher)", "AllStageHyperTrainer"),
+               Row("stage 4: co-distillation (deployed)", "AllStageTrainer")],
+    "table4": [Row("MAE baseline", "AllStageMAEFinetuneTrainer"),
+               Row("+ distribution approximation", "AllStageDAFinetuneTrainer"),
+               Row("+ CLIP-driven hyper-network", "AllStageDAHyperTrainer"),
+               Row("+ co-distillation (full method)", "AllStageTrainer"),
+               Row("stage 2 alone (hyper-network from stage 1)", "AllStageHyperTrainer")],
+    "table5": [Row("(a) DA baseline, static head", "AllStageDAFinetuneTrainer_Binary"),
+               Row("(b) KD from the hyper-teacher, no recovery", "AllStageTrainer_ModelDistNoMAE_Binary"),
+               Row("(c) KD + frozen g's fill-ins", "AllStageTrainer_NoDataRefinement_Binary"),
+               Row("(d) co-distillation, teacher without hyper-network", "AllStageTrainer_NoHyperTeacher_Binary"),
+               Row("(e) co-distillation, binary-code hyper-teacher", "AllStageTrainer_Binary")],
+    "fig5": [Row("DA baseline, static head", "AllStageDAFinetuneTrainer"),
+             Row("hyper-network, binary codes", "AllStageDAHyperTrainer_Binary"),
+             Row("hyper-network, CLIP embeddings", "AllStageDAHyperTrainer")],
+    "recipe": [Row("stage 2 (reference)", "AllStageHyperTrainer"),
+               Row("stage 4, METHOD.md recipe", "AllStageTrainer"),
+               Row("stage 4, g at 0.03x the student's lr", "AllStageTrainer", {"recovery_lr_scale": "0.03"}),
+               Row("stage 4, student from stage 2", "AllStageTrainer", {"student_init": "stage2"}),
+               Row("stage 4, g sees masked input", "AllStageTrainer", {"recovery_input": "masked"}),
+               Row("stage 2, paper optimiser (Adam 3e-4, cosine)", "AllStageHyperTrainer",
+                   {"segmentation_optimizer": "paper"}),
+               Row("stage 4, paper optimiser in stages 2 and 4", "AllStageTrainer",
+                   {"segmentation_optimizer": "paper"}),
+               Row("stage 2, MDrop keeps the full set with p = 0.5", "AllStageHyperTrainer",
+                   {"full_set_probability": "0.5"}),
+               Row("stage 4, MDrop keeps the full set with p = 0.5", "AllStageTrainer",
+                   {"full_set_probability": "0.5"})],
+}
+
+
+def trainer_class(name: str):
+    import nnunet_allstage.training.trainers as trainers
+    return getattr(trainers, name)
+
+
+def config_with(options: dict):
+    """The options as a trainer run with these NNUNET_ALLSTAGE_* settings reads them."""
+    from nnunet_allstage.config import load_config
+    saved = dict(os.environ)
+    os.environ.update({f"NNUNET_ALLSTAGE_{k.upper()}": v for k, v in options.items()})
+    try:
+        return load_config()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def job_key(trainer: str, options: dict, budget: int) -> str:
+    """Identity of one training run: the trainer, the options that matter to it and its predecessors, the budget."""
+    cls = trainer_class(trainer)
+    relevant = {k: v for k, v in options.items() if k in cls.options_that_matter()}
+    parts = [trainer, json.dumps(relevant, sort_keys=True), str(budget)]
+    parts += [job_key(p, options, 1) for p in cls.predecessor_names(config_with(options))]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:10]
+
+
+class Jobs:
+    """Trains each distinct run once, in its own nnUNet_results with links to its predecessors' folders."""
+
+    def __init__(self, root: Path, dataset: str, plans: str, args, base_env: dict):
+        self.root, self.dataset, self.plans, self.args, self.base_env = root, dataset, plans, args, base_env
+        self.minutes: dict[str, float] = {}
+
+    def folder(self, trainer: str, options: dict, budget: int) -> Path:
+        key = job_key(trainer, options, budget)
+        return self.root / key / self.dataset / f"{trainer}__{self.plans}__3d_fullres"
+
+    def train(self, trainer: str, options: dict, budget: int = 1) -> Path:
+        from nnunet_allstage.pipeline import run_training, train_command
+        folder = self.folder(trainer, options, budget)
+        if (folder / "fold_all" / "checkpoint_final.pth").is_file():
+            return folder
+        env = {**self.base_env, **{f"NNUNET_ALLSTAGE_{k.upper()}": v for k, v in options.items()},
+               "NNUNET_ALLSTAGE_NUM_EPOCHS": str(self.args.epochs * budget),
+               "nnUNet_results": str(folder.parents[1])}
+        for predecessor in trainer_class(trainer).predecessor_names(config_with(options)):
+            source = self.train(predecessor, options)
+            link = folder.parent / source.name
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(source, target_is_directory=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        t = time.time()
+        run_training(train_command(STUDY_DATASET_ID, "all", trainer, plans=self.plans, device=self.args.device),
+                     f"{trainer} {options or ''} x{budget}", env)
+        self.minutes[str(folder)] = (time.time() - t) / 60
+        return folder
+
+    def chain_minutes(self, trainer: str, options: dict, budget: int = 1) -> float:
+        own = self.minutes.get(str(self.folder(trainer, options, budget)), float("nan"))
+        return own + sum(self.chain_minutes(p, options)
+                         for p in trainer_class(trainer).predecessor_names(config_with(options)))
+
+
+def per_case_dice(results_csv: Path) -> dict:
+    """{model: {case: {region: mean Dice over combinations, 'avg': mean over regions}}} from results.csv."""
+    table: dict = {}
+    for r in csv.DictReader(open(results_csv)):
+        table.setdefault(r["model"], {}).setdefault(r["case"], {}).setdefault(r["region"], []).append(float(r["dice"]))
+    out = {}
+    for model, cases in table.items():
+        out[model] = {}
+        for case, regions in cases.items():
+            means = {region: float(np.mean(v)) for region, v in regions.items()}
+            means["avg"] = float(np.mean(list(means.values())))
+            out[model][case] = means
+    return out
+
+
+def _fmt(values: list[float], scale: float = 100) -> str:
+    values = np.asarray(values, dtype=float) * scale
+    return f"{values.mean():.1f}" + (f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else "")
+
+
+def ladder_table(rows: list[Row], per_seed: list[dict], hd95_per_seed: list[dict], minutes: list[dict],
+                 regions: list[str]) -> str:
+    """The Table-4-shaped table: mean Dice per region and on average (mean ± sd over seeds), delta to the first
+    row, per-case paired difference to the first row (mean ± s.e. over test cases, seed-averaged; wins), HD95
+    average, training minutes of the row's own trainer and of its whole chain."""
+    first = rows[0].label
+    n_seeds = len(per_seed)
+    cases = sorted(per_seed[0][first])
+    lines = [f"| Row | " + " | ".join(f"Dice {r}" for r in regions) + " | Dice avg | Δ avg vs row 1 | "
+             f"paired Δ per case (± s.e., n={len(cases)}) | wins | HD95 avg (mm) | train min (own / chain) |",
+             "|---|" + "---|" * (len(regions) + 6)]
+    for row in rows:
+        cells = [row.label]
+        for region in regions + ["avg"]:
+            cells.append(_fmt([float(np.mean([s[row.label][c][region] for c in cases])) for s in per_seed]))
+        diffs = np.array([[s[row.label][c]["avg"] - s[first][c]["avg"] for c in cases] for s in per_seed])
+        per_case = diffs.mean(0) * 100
+        cells.append(f"{per_case.mean():+.1f}" if row.label != first else "–")
+        se = per_case.std(ddof=1) / np.sqrt(len(per_case)) if len(per_case) > 1 else float("nan")
+        cells.append(f"{per_case.mean():+.1f} ± {se:.1f}" if row.label != first else "–")
+        cells.append(f"{int((per_case > 0).sum())}/{len(per_case)}" if row.label != first else "–")
+        cells.append(_fmt([h[row.label] for h in hd95_per_seed], 1))
+        own = np.nanmean([m[row.label][0] for m in minutes])
+        chain = np.nanmean([m[row.label][1] for m in minutes])
+        cells.append(f"{own:.0f} / {chain:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n{n_seeds} seed(s); Dice in %, mean over the 15 input combinations and the test cases."
 
 
 def _link_cases(cases, target: Path) -> None:
@@ -45,28 +208,71 @@ def _all_training(name: str, case_ids: list[str]) -> dict:
     return {"name": name, "train": case_ids, "val": [], "test": []}
 
 
+def run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: Path, args) -> tuple:
+    from nnunet_allstage.conversion import convert_brats
+    from nnunet_allstage.planning import plan_dataset
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[name] = str(workdir / name)
+    train_source = workdir / "train_source"
+    _link_cases(train_cases, train_source)
+    train_raw = convert_brats(train_source, dataset_id=STUDY_DATASET_ID, name="BraTSStudy",
+                              split=_all_training("study-train", [c.case_id for c in train_cases]),
+                              fm_ratio=args.fm_ratio, seed=seed, num_processes=2)
+    # the test cases form their own dataset, converted with their own year's layout and label values and kept
+    # complete (no FM simulation): evaluation drops the sequences of each combination itself
+    test_raw = convert_brats(test_root, dataset_id=STUDY_TEST_DATASET_ID, name="BraTSStudyTest",
+                             split=_all_training("study-test", sorted(p.name for p in test_root.iterdir())),
+                             num_processes=2)
+    plans = plan_dataset(STUDY_DATASET_ID, target_spacing=[args.spacing] * 3, num_processes=2)
+    base_env = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": str(args.iterations),
+                "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "2",
+                "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1")}
+    jobs = Jobs(workdir / "runs", train_raw.name, plans, args, base_env)
+    t = time.time()
+    folders = {row.label: jobs.train(row.trainer, row.options, row.budget) for row in rows}
+    training_minutes = (time.time() - t) / 60
+
+    import torch
+    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
+    from nnunet_allstage.modalities import combinations
+    models = [load_model(folders[row.label], "all", "checkpoint_final.pth", torch.device(args.device), False,
+                         row.label) for row in rows]
+    cases = find_test_cases(test_raw / "imagesTr", test_raw / "labelsTr", ".nii.gz", 4)
+    t = time.time()
+    summary = evaluate(models, cases, combinations(4), workdir / "evaluation")
+    minutes = {row.label: (jobs.minutes.get(str(folders[row.label]), float("nan")),
+                           jobs.chain_minutes(row.trainer, row.options, row.budget)) for row in rows}
+    return (per_case_dice(workdir / "evaluation" / "results.csv"),
+            {m: summary["models"][m]["average"]["mean_hd95"] for m in summary["models"]}, minutes, summary,
+            {"training_min": round(training_minutes, 1), "evaluation_min": round((time.time() - t) / 60, 1)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default=str(DEFAULT_SRC), help="BraTS training folder (any year)")
-    parser.add_argument("--test-src", help="BraTS folder of test cases (default: two held-back sample cases)")
+    parser.add_argument("--test-src", help="BraTS folder of test cases (default: the four split-3 test cases)")
+    parser.add_argument("--ladder", choices=sorted(LADDERS), default="method")
+    parser.add_argument("--rows", help="comma-separated row numbers of the ladder (0-based; default: all)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (FM draw and training)")
     parser.add_argument("--workdir", default="study_output")
     parser.add_argument("--spacing", type=float, default=4.0, help="target spacing in mm (CPU-affordable)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per trainer")
     parser.add_argument("--iterations", type=int, default=16, help="training iterations per epoch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fm-ratio", type=float, default=0.25)
     args = parser.parse_args()
     start = time.time()
 
-    from nnunet_allstage.conversion import brats_layout, convert_brats, detect_brats_year, discover_brats_cases
+    from nnunet_allstage.conversion import brats_layout, detect_brats_year, discover_brats_cases
     from nnunet_allstage.environment import apply_default_env
     from nnunet_allstage.errors import AllStageError
-    from nnunet_allstage.planning import plan_dataset
 
+    rows = LADDERS[args.ladder]
+    if args.rows:
+        rows = [rows[int(i)] for i in args.rows.split(",")]
+    rows = rows + BASELINES
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[name] = str(workdir / name)
     apply_default_env(workdir)
     os.environ.setdefault("nnUNet_compile", "f")
     if not os.environ.get("NNUNET_ALLSTAGE_CLIP_WEIGHTS"):
@@ -78,68 +284,45 @@ def main() -> None:
     if args.test_src:
         test_root = Path(args.test_src)
         test_cases = discover_brats_cases(test_root, brats_layout(detect_brats_year(test_root)))
-        train_cases = [c for c in train_cases if c.case_id not in {t.case_id for t in test_cases}]
     else:
         test_cases = [c for c in train_cases if c.case_id in HELD_BACK]
-        train_cases = [c for c in train_cases if c.case_id not in HELD_BACK]
+    train_cases = [c for c in train_cases if c.case_id not in {t.case_id for t in test_cases}]
     if not train_cases:
         sys.exit(f"no training case left in {src} after removing the test cases")
     if not test_cases:
         sys.exit("no test case: pass --test-src with BraTS case folders that hold labels")
-    train_source, test_source = workdir / "train_source", workdir / "test_source"
-    _link_cases(train_cases, train_source)
+    test_source = workdir / "test_source"
     _link_cases(test_cases, test_source)
     print("=" * 100)
-    print(f"Real-data study: {len(train_cases)} training and {len(test_cases)} test BraTS cases, planned at "
-          f"{args.spacing} mm (coarse, for CPU training), {args.epochs} epochs x {args.iterations} iterations per "
-          f"trainer. {len(train_cases)} training cases prove the machinery, not accuracy.")
+    print(f"Study '{args.ladder}': {len(rows)} rows, {len(train_cases)} training and {len(test_cases)} test BraTS "
+          f"cases, {args.seeds} seed(s), planned at {args.spacing} mm (coarse, for CPU training), {args.epochs} "
+          f"epochs x {args.iterations} iterations per trainer.")
     print("=" * 100)
+    results = []
     try:
-        train_raw = convert_brats(train_source, dataset_id=STUDY_DATASET_ID, name="BraTSStudy",
-                      split=_all_training("study-train", [c.case_id for c in train_cases]),
-                      fm_ratio=args.fm_ratio, seed=0, num_processes=2)
-        # the test cases form their own dataset, converted with their own year's layout and label values and kept
-        # complete (no FM simulation): evaluation drops the sequences of each combination itself
-        test_raw = convert_brats(test_source, dataset_id=STUDY_TEST_DATASET_ID, name="BraTSStudyTest",
-                      split=_all_training("study-test", [c.case_id for c in test_cases]), num_processes=2)
-        plans = plan_dataset(STUDY_DATASET_ID, target_spacing=[args.spacing] * 3, num_processes=2)
+        for seed in range(args.seeds):
+            results.append(run_seed(seed, rows, train_cases, test_source, workdir / f"seed{seed}", args))
     except AllStageError as e:
         sys.exit(f"error: {e}")
-    env = {"NNUNET_ALLSTAGE_NUM_EPOCHS": str(args.epochs), "NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH":
-           str(args.iterations), "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "2",
-           "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1")}
-    os.environ.update(env)
-    from nnunet_allstage.pipeline import run_pipeline
-    t = time.time()
-    run_pipeline(STUDY_DATASET_ID, "all", plans=plans, baseline=True, device=args.device, env=env)
-    baseline_minutes = (time.time() - t) / 60
-    t = time.time()
-    run_pipeline(STUDY_DATASET_ID, "all", plans=plans, device=args.device, env=env)
-    method_minutes = (time.time() - t) / 60
-
-    import torch
-    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model, model_folder
-    from nnunet_allstage.modalities import combinations
-    models = [load_model(model_folder(train_raw.name, tr, plans, "3d_fullres"), "all", "checkpoint_final.pth",
-                         torch.device(args.device), False, label)
-              for tr, label in (("AllStageTrainer", "AllStage (ours)"), ("AllStageDropoutTrainer", "nnU-Net+MDrop"))]
-    cases = find_test_cases(test_raw / "imagesTr", test_raw / "labelsTr", ".nii.gz", 4)
-    t = time.time()
-    summary = evaluate(models, cases, combinations(4), workdir / "evaluation")
-    timing = {"baseline_training_min": round(baseline_minutes, 1), "four_stage_training_min": round(method_minutes, 1),
-              "evaluation_min": round((time.time() - t) / 60, 1), "total_min": round((time.time() - start) / 60, 1),
-              "cpu_cores": os.cpu_count(), "device": args.device, "spacing_mm": args.spacing, "epochs": args.epochs,
-              "iterations_per_epoch": args.iterations, "train_cases": [c.case_id for c in train_cases],
-              "test_cases": [c.case_id for c in test_cases]}
-    (workdir / "study_summary.json").write_text(json.dumps({"timing": timing, "evaluation": summary}, indent=1))
-    print(f"training time: baseline {baseline_minutes:.1f} min, four stages {method_minutes:.1f} min; evaluation "
-          f"{timing['evaluation_min']} min; total {timing['total_min']} min on {os.cpu_count()} CPU core(s)")
-    for model, per in summary["models"].items():
-        print(f"{model}: mean Dice over 15 combinations "
-              + ", ".join(f"{r} {per[r]['mean_dice'] * 100:.1f}" for r in summary["regions"])
-              + f", average {per['average']['mean_dice'] * 100:.1f}")
-    print(f"CAVEAT: {len(train_cases)} training cases at {args.spacing} mm and a short schedule: these numbers prove "
-          f"the machinery runs on real data, not accuracy.")
+    regions = results[0][3]["regions"]
+    table = ladder_table(rows, [r[0] for r in results], [r[1] for r in results], [r[2] for r in results], regions)
+    total = round((time.time() - start) / 60, 1)
+    settings = {"ladder": args.ladder, "rows": [row.__dict__ for row in rows], "seeds": args.seeds,
+                "spacing_mm": args.spacing, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+                "fm_ratio": args.fm_ratio, "device": args.device, "cpu_cores": os.cpu_count(),
+                "train_cases": [c.case_id for c in train_cases], "test_cases": [c.case_id for c in test_cases],
+                "total_min": total, "per_seed_time": [r[4] for r in results]}
+    (workdir / "study_summary.json").write_text(json.dumps(
+        {"settings": settings, "per_case_dice": [r[0] for r in results], "hd95_avg": [r[1] for r in results],
+         "train_minutes": [r[2] for r in results], "evaluation": [r[3] for r in results]}, indent=1))
+    header = (f"Ladder '{args.ladder}', {len(train_cases)} training / {len(test_cases)} test cases, {args.spacing} mm, "
+              f"{args.epochs}x{args.iterations} iterations per trainer, FM ratio {args.fm_ratio}, {args.seeds} seed(s), "
+              f"{os.cpu_count()} CPU core(s), total {total} min")
+    (workdir / "study_table.md").write_text(header + "\n\n" + table + "\n")
+    print(header)
+    print(table)
+    print(f"CAVEAT: {len(train_cases)} training cases at {args.spacing} mm and a short schedule; read the per-case "
+          f"paired differences and their standard errors, not the means alone.")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ class SegmentationOptimizerMixin:
     """Stage 2, stage 4 and the ablation trainers: nnU-Net's optimiser or the paper's (option
     ``segmentation_optimizer``), over the parameter groups the trainer names."""
 
+    own_options = ("segmentation_optimizer",)
+
     def optimizer_param_groups(self) -> list[dict]:
         return [{"params": list(self.network.parameters())}]
 
@@ -203,6 +205,22 @@ class AllStageTrainerBase(nnUNetTrainer):
         if not self.was_resumed:
             self.load_predecessors()
         super().on_train_start()
+
+    # options of allstage_config.json that change what a trainer class learns, declared by each class for what it
+    # adds; options_that_matter() collects them along the class hierarchy (predecessors' options come on top)
+    own_options = ("modality_dropout", "full_set_probability")
+
+    @classmethod
+    def options_that_matter(cls) -> tuple[str, ...]:
+        names = {n for klass in cls.__mro__ for n in vars(klass).get("own_options", ())}
+        if getattr(cls, "binary_code", False):
+            names -= {"clip_model", "clip_pretrained", "clip_weights"}
+        return tuple(sorted(names))
+
+    @classmethod
+    def predecessor_names(cls, config: AllStageConfig) -> list[str]:
+        """The trainers (without schedule suffix) whose checkpoints this one starts from."""
+        return []
 
     def load_predecessors(self) -> None:
         """Initialise from earlier stages (none for stage 1 and the baselines)."""

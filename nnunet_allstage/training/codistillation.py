@@ -76,6 +76,11 @@ class AllStageMAEDATrainer(FrozenTeacherMixin, AllStageMAETrainer):
     stage_name = "stage 3 (MAE + distribution approximation)"
     stage1_trainer = "AllStageMAETrainer"
     teacher_deep_supervision = False
+    own_options = ("lambda_seg",)
+
+    @classmethod
+    def predecessor_names(cls, config) -> list[str]:
+        return [cls.stage1_trainer, cls.teacher_trainer]
 
     def initialize(self):
         super().initialize()
@@ -126,6 +131,17 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
     train_recovery = True  # False: g stays as stage 3 left it (Table 5 (c))
 
     build_network_architecture = staticmethod(AllStageHyperTrainer.build_network_architecture)
+    own_options = ("recovery_lr_scale", "recovery_input", "student_init", "alpha_data", "beta_kd", "kd_pool_size",
+                   "kd_num_levels")
+
+    @classmethod
+    def predecessor_names(cls, config) -> list[str]:
+        names = [cls.teacher_trainer]
+        if cls.use_recovery or config.student_init == "stage3":
+            names.append(cls.stage3_trainer)
+        if config.student_init == "stage2":
+            names.append(cls.stage2_trainer)
+        return names
 
     def initialize(self):
         num_inputs = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
@@ -158,8 +174,8 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
 
     def load_predecessors(self) -> None:
         cfg = self.allstage_config
-        stage3 = self.predecessor_checkpoint(3, self.stage3_trainer) if self.use_recovery or \
-            cfg.student_init == "stage3" else None
+        stage3 = self.predecessor_checkpoint(3, self.stage3_trainer) if self.stage3_trainer in \
+            self.predecessor_names(cfg) else None
         if self.use_recovery:
             unwrap(self.recovery).load_state_dict(load_network_weights(stage3)["network_weights"], strict=True)
             self.print_to_log_file(f"recovering module initialised from stage 3 {stage3}")

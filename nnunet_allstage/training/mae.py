@@ -87,6 +87,7 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
     MDrop + patch masking, Eq. 1 over the modalities available in the data, Adam + cosine decay."""
 
     stage_name = "stage 1 (MAE)"
+    own_options = ("mask_patch_size", "mask_ratio", "mae_lr", "mae_weight_decay")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

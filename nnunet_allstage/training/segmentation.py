@@ -32,6 +32,10 @@ class InitFromStageMixin:
     init_stage = 1
     init_trainer = "AllStageMAETrainer"
 
+    @classmethod
+    def predecessor_names(cls, config) -> list[str]:
+        return [cls.init_trainer]
+
     def load_predecessors(self) -> None:
         path = self.predecessor_checkpoint(self.init_stage, self.init_trainer)
         weights = load_network_weights(path)["network_weights"]
@@ -46,6 +50,7 @@ class HyperNetworkMixin:
 
     binary_code = False
     allow_compile = False
+    own_options = ("clip_model", "clip_pretrained", "clip_weights")
 
     def initialize(self):
         super().initialize()
