@@ -122,3 +122,22 @@ def load_config(preprocessed_folder: str | os.PathLike | None = None) -> AllStag
 
 def describe(config: AllStageConfig) -> str:
     return json.dumps(asdict(config), sort_keys=True)
+
+
+def option_differences(recorded: dict, config: AllStageConfig, names) -> list[str]:
+    """'name: recorded -> current' for each option of ``names`` whose recorded value differs from ``config``'s.
+    Options a checkpoint does not record (written before they existed) count as their default."""
+    current = asdict(config)
+    default = asdict(AllStageConfig())
+    out = []
+    for name in names:
+        before = recorded.get(name, default[name])
+        if str(before) != str(current[name]):
+            out.append(f"{name}: {before!r} -> {current[name]!r}")
+    return out
+
+
+def check_same_options(recorded: dict, config: AllStageConfig, names, what: str, fix: str) -> None:
+    differences = option_differences(recorded, config, names)
+    if differences:
+        raise AllStageError(f"{what} was trained with other options ({'; '.join(differences)}): {fix}")

@@ -24,10 +24,10 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.image_io import geometry, read_image, same_grid
 from nnunet_allstage.modalities import BRATS_MODALITIES, make_availability_record, write_availability
 
 FILE_ENDING = ".nii.gz"
-GEOMETRY_ATOL = 1e-3  # mm for spacing/origin, unitless for direction cosines
 NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 MAX_DISCOVERY_DEPTH = 4
 
@@ -336,27 +336,6 @@ class CheckResult:
     all_zero: list[str] = field(default_factory=list)
 
 
-def _geometry(img: sitk.Image) -> tuple:
-    return img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection()
-
-
-def _same_grid(a: tuple, b: tuple) -> str | None:
-    if a[0] != b[0]:
-        return f"size {b[0]} differs from {a[0]}"
-    for name, x, y in (("spacing", a[1], b[1]), ("origin", a[2], b[2]), ("direction", a[3], b[3])):
-        if not np.allclose(x, y, rtol=0, atol=GEOMETRY_ATOL):
-            return f"{name} {tuple(round(v, 4) for v in y)} differs from {tuple(round(v, 4) for v in x)}"
-    return None
-
-
-def _read(path: Path, case_id: str) -> sitk.Image:
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1].split("sitk::ERROR:")[-1].strip()
-        raise AllStageError(f"case {case_id}: {path} cannot be read as an image ({reason})") from None
-
-
 def check_case(job: CaseJob) -> CheckResult:
     case = job.case
     try:
@@ -366,7 +345,7 @@ def check_case(job: CaseJob) -> CheckResult:
         reference = None
         result = CheckResult(case.case_id)
         for modality, path in present:
-            img = _read(path, case.case_id)
+            img = read_image(path, case.case_id)
             if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
                 raise AllStageError(f"case {case.case_id}: {path.name} is not a 3D scalar image "
                                     f"({img.GetDimension()}D, {img.GetNumberOfComponentsPerPixel()} component(s))")
@@ -376,9 +355,9 @@ def check_case(job: CaseJob) -> CheckResult:
             if not arr.any():
                 result.all_zero.append(modality)
             if reference is None:
-                reference = (path, _geometry(img))
+                reference = (path, geometry(img))
             else:
-                problem = _same_grid(reference[1], _geometry(img))
+                problem = same_grid(reference[1], geometry(img))
                 if problem:
                     raise AllStageError(f"case {case.case_id}: {path.name} is not on the grid of "
                                         f"{reference[0].name}: {problem}")
@@ -391,8 +370,8 @@ def check_case(job: CaseJob) -> CheckResult:
             if job.needs_label:
                 raise AllStageError(f"case {case.case_id}: no label file in {case.folder}")
         else:
-            seg = _read(case.label_file, case.case_id)
-            problem = _same_grid(reference[1], _geometry(seg))
+            seg = read_image(case.label_file, case.case_id)
+            problem = same_grid(reference[1], geometry(seg))
             if problem:
                 raise AllStageError(f"case {case.case_id}: label {case.label_file.name} is not on the image grid: "
                                     f"{problem}")
@@ -411,13 +390,13 @@ def check_case(job: CaseJob) -> CheckResult:
 def write_case(job: CaseJob) -> str:
     case = job.case
     reference_path = next(f for f in case.modality_files.values() if f is not None)
-    reference = _read(reference_path, case.case_id)
+    reference = sitk.ReadImage(str(reference_path))  # verified by check_case
     for channel, modality in enumerate(job.modalities):
         out = job.out_images / f"{case.case_id}_{channel:04d}{FILE_ENDING}"
         src = case.modality_files.get(modality)
         if src is not None and job.keep[channel]:
-            img = _read(src, case.case_id) if src != reference_path else reference
-            if _geometry(img) != _geometry(reference) or not src.name.lower().endswith(FILE_ENDING):
+            img = sitk.ReadImage(str(src)) if src != reference_path else reference
+            if geometry(img) != geometry(reference) or not src.name.lower().endswith(FILE_ENDING):
                 img.CopyInformation(reference)  # within tolerance: make the grids exactly equal for nnU-Net
                 sitk.WriteImage(img, str(out), useCompression=True)
             else:
@@ -427,7 +406,7 @@ def write_case(job: CaseJob) -> str:
             zero.CopyInformation(reference)
             sitk.WriteImage(zero, str(out), useCompression=True)
     if case.label_file is not None and job.out_labels is not None:
-        seg = _read(case.label_file, case.case_id)
+        seg = sitk.ReadImage(str(case.label_file))
         arr = sitk.GetArrayFromImage(seg).astype(np.int64)
         if job.label_map is not None:
             lut = np.zeros(max(job.label_map) + 1, dtype=np.uint8)

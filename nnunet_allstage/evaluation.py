@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunet_allstage.checkpoints import is_random_clip, load_predictor
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.image_io import verify_image_file
 from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
 from nnunet_allstage.modalities import code_label, code_markers, combinations, subset_to_code
 from nnunet_allstage.networks import network_code
@@ -29,6 +31,17 @@ class Model:
     name: str  # shown in tables
     folder: Path  # nnU-Net's Trainer__Plans__Config folder
     predictor: object
+    provenance: dict = field(default_factory=dict)  # checkpoints.provenance: stage, options, code table
+
+    @property
+    def random_clip(self) -> bool:
+        return is_random_clip(self.provenance)
+
+    def warning(self) -> str | None:
+        if self.random_clip:
+            return (f"WARNING: {self.name} uses RANDOM-WEIGHT CLIP embeddings (tests and demo only): its code table "
+                    f"carries no language knowledge; do not report it as the method")
+        return None
 
 
 def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -39,7 +52,6 @@ def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str
 
 
 def load_model(folder: Path, fold, checkpoint: str, device: torch.device, tta: bool, name: str) -> Model:
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     ckpt = folder / f"fold_{fold}" / checkpoint
     if not ckpt.is_file():
         trainer = folder.name.split("__")[0]
@@ -47,9 +59,11 @@ def load_model(folder: Path, fold, checkpoint: str, device: torch.device, tta: b
                             f"... -tr {trainer})")
     from nnunet_allstage.environment import trainer_shim_dir
     os.environ["nnUNet_extTrainer"] = str(trainer_shim_dir())
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=tta, device=device, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), (fold,), checkpoint)
-    return Model(name, folder, predictor)
+    predictor, record = load_predictor(folder, fold, checkpoint, device, tta)
+    model = Model(name, folder, predictor, record)
+    if model.warning():
+        print(model.warning())
+    return model
 
 
 def parse_combinations(spec: str | None, names: Sequence[str]) -> list[tuple[int, ...]]:
@@ -83,6 +97,8 @@ def find_test_cases(images: Path, labels: Path, file_ending: str, num_channels: 
         label = labels / f"{case}{file_ending}"
         if not label.is_file():
             raise AllStageError(f"test case {case}: no label {label.name} in {labels}")
+        for f in files + [label]:
+            verify_image_file(f, case)  # before any prediction: a truncated file would read as zeros
         out.append((case, files, label))
     return out
 
@@ -140,6 +156,8 @@ def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: 
                 bar.update()
     bar.close()
     summary = summarise(rows, [m.name for m in models], codes, names, [r for r, _ in regions])
+    summary["provenance"] = {m.name: m.provenance for m in models}
+    summary["warnings"] = [m.warning() for m in models if m.warning()]
     write_outputs(rows, summary, out_dir, names)
     log(markdown_table(summary, names))
     log(f"evaluation written to {out_dir} (results.csv, summary.json, table.md, dice_heatmap.png, "
@@ -173,7 +191,7 @@ def markdown_table(summary: dict, names: Sequence[str]) -> str:
     """The paper's Table 1: combinations as columns (one ●/○ row per modality), a mean column, regions x models
     as rows; Dice in %, then HD95 in mm."""
     n = len(summary["combinations"])
-    lines = []
+    lines = [f"**{w}**\n" for w in summary.get("warnings", [])]
     for metric, title, scale, fmt in (("dice", "Dice (%)", 100, "{:.2f}"), ("hd95", "HD95 (mm)", 1, "{:.2f}")):
         lines.append(f"**{title}** over {summary['num_cases']} case(s)\n")
         lines.append("| Region | Method | " + " | ".join(str(i + 1) for i in range(n)) + " | Mean |")

@@ -57,6 +57,31 @@ def print_status(stages: list[Stage], log=print) -> None:
         log(f"  {s.title:<42} {s.trainer:<{width}}  {s.state}")
 
 
+def run_config(dataset_id: int, env: dict | None = None):
+    """The options the trainers of this run will read (the dataset's allstage_config.json, then the environment)."""
+    from nnunet_allstage.config import load_config
+    folder = require_nnunet_paths("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name_from_id(dataset_id)
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return load_config(folder)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def check_done_stage(stage: Stage, config) -> None:
+    """A finished stage counts as done only if it was trained with the options that matter as they are now."""
+    from nnunet_allstage.checkpoints import safe_load
+    from nnunet_allstage.config import check_same_options
+    from nnunet_allstage.training import trainers
+    checkpoint = stage.folder / "checkpoint_final.pth"
+    recorded = safe_load(checkpoint).get("allstage", {}).get("options", {})
+    check_same_options(recorded, config, getattr(trainers, stage.trainer).options_that_matter(),
+                       f"{stage.title} ({checkpoint})",
+                       f"set the options as they were, or move {stage.folder} away to train it again")
+
+
 def train_command(dataset_id: int, fold, trainer: str, *, configuration: str = "3d_fullres",
                   plans: str = "nnUNetPlans", device: str = "cuda", num_gpus: int = 1, resume: bool = False,
                   extra_args: list[str] | None = None) -> list[str]:
@@ -85,9 +110,11 @@ def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres
     stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary)
     log(f"nnunet-allstage train: dataset {dataset_id}, fold {fold}, {configuration}, plans {plans}")
     print_status(stages, log)
+    config = run_config(dataset_id, env)
     for stage in stages:
         if stage.state == "done":
-            log(f"[skip] {stage.title}: {stage.folder / 'checkpoint_final.pth'} exists")
+            check_done_stage(stage, config)
+            log(f"[skip] {stage.title}: {stage.folder / 'checkpoint_final.pth'} exists (same options)")
             continue
         cmd = train_command(dataset_id, fold, stage.trainer, configuration=configuration, plans=plans, device=device,
                             num_gpus=num_gpus, resume=stage.state == "interrupted", extra_args=extra_args)

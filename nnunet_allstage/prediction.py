@@ -8,6 +8,7 @@ others are still predicted.
 """
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from nnunet_allstage.conversion import (BRATS_MODALITIES, _case_folders, _geometry, _nifti_stem_suffix, _same_grid,
-                                        brats_layout, detect_brats_year, discover_brats_cases)
+from nnunet_allstage.conversion import (BRATS_MODALITIES, _case_folders, _nifti_stem_suffix, brats_layout,
+                                        detect_brats_year, discover_brats_cases)
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.image_io import geometry, read_image, same_grid
 from nnunet_allstage.modalities import code_label
 from nnunet_allstage.networks import network_code
 
@@ -66,14 +68,11 @@ def _materialise(case: InputCase, tmp: Path, file_ending: str) -> tuple[list[Pat
     for f in case.files:
         nonzero = False
         if f is not None:
-            try:
-                img = sitk.ReadImage(str(f))
-            except RuntimeError:
-                raise AllStageError(f"case {case.case_id}: {f.name} cannot be read") from None
+            img = read_image(f, case.case_id)
             if reference is None:
                 reference = (f, img)
             else:
-                problem = _same_grid(_geometry(reference[1]), _geometry(img))
+                problem = same_grid(geometry(reference[1]), geometry(img))
                 if problem:
                     raise AllStageError(f"case {case.case_id}: {f.name} is not on the grid of {reference[0].name}: "
                                         f"{problem}")
@@ -105,6 +104,11 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
     names = [p.dataset_json["channel_names"][k] for k in sorted(p.dataset_json["channel_names"], key=int)]
     cases, year = find_input_cases(input_folder, file_ending, names)
     output_folder.mkdir(parents=True, exist_ok=True)
+    warning = model.warning()
+    if warning:
+        log(warning)
+    record = {"model": str(model.folder), **model.provenance, "warning": warning}
+    (output_folder / "nnunet_allstage_model.json").write_text(json.dumps(record, indent=1, default=str))
     rw = p.plans_manager.image_reader_writer_class()
     label_map = brats_label_map(brats_labels_year) if brats_labels_year else None
     status = {}

@@ -211,6 +211,10 @@ def _break(root: Path, how: str):
         sitk.WriteImage(img[:, :, 0], str(f("t2")))
     elif how == "unreadable":
         f("t1").write_bytes(b"not an image")
+    elif how == "truncated file":  # SimpleITK alone would read the missing part as zeros
+        truncate(f("t1"))
+    elif how == "NaN voxels":  # SimpleITK alone would read them as 0
+        add_nan(f("flair"))
     elif how == "duplicate id":
         (root / "HGG").mkdir()
         shutil.copytree(case, root / "HGG" / case.name)
@@ -219,7 +223,38 @@ def _break(root: Path, how: str):
 
 
 BAD_INPUTS = ["missing label", "grid mismatch", "size mismatch", "bad label", "empty case", "all-zero file",
-              "2d image", "unreadable", "duplicate id"]
+              "2d image", "unreadable", "truncated file", "NaN voxels", "duplicate id"]
+
+
+def truncate(path: Path) -> None:
+    """Cut a NIfTI file to a third, as an interrupted copy does."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def add_nan(path: Path, value=np.nan) -> None:
+    img = sitk.ReadImage(str(path))
+    a = sitk.GetArrayFromImage(img).astype(np.float32)
+    a[a.shape[0] // 2, 5, 5] = value
+    o = sitk.GetImageFromArray(a)
+    o.CopyInformation(img)
+    sitk.WriteImage(o, str(path))
+
+
+def test_sitk_alone_reads_these_files_silently(tmp_path, synthetic_src):
+    """Why the checks exist: SimpleITK reads both broken files without an error."""
+    src = synthetic_src / "BraTS20_Training_001"
+    cut, nan = tmp_path / "cut.nii.gz", tmp_path / "nan.nii.gz"
+    shutil.copy(src / "BraTS20_Training_001_t1.nii.gz", cut)
+    shutil.copy(src / "BraTS20_Training_001_flair.nii.gz", nan)
+    truncate(cut)
+    add_nan(nan)
+    assert sitk.ReadImage(str(cut)).GetSize() == sitk.ReadImage(str(src / "BraTS20_Training_001_t1.nii.gz")).GetSize()
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(nan)))).all()
+    from nnunet_allstage.image_io import verify_image_file
+    for path, words in ((cut, "truncated"), (nan, "NaN")):
+        with pytest.raises(AllStageError, match=words):
+            verify_image_file(path, "x")
 
 
 @pytest.mark.parametrize("how", BAD_INPUTS)
@@ -341,3 +376,40 @@ def test_nan_values_are_refused(nnunet_env, synthetic_src, capsys):
     err = capsys.readouterr().err
     assert "case c2" in err and "NaN" in err
     assert _nothing_left(nnunet_env)
+
+
+@pytest.mark.parametrize("how", ["truncated", "inf"])
+def test_convert_folder_refuses_truncated_and_infinite_nifti(nnunet_env, synthetic_src, capsys, how):
+    root = nnunet_env / "own"
+    for i in range(1, 5):
+        case = root / f"c{i}"
+        case.mkdir(parents=True)
+        for s in ("flair", "t2", "seg"):
+            shutil.copy(synthetic_src / f"BraTS20_Training_{i:03d}" / f"BraTS20_Training_{i:03d}_{s}.nii.gz",
+                        case / f"{s}.nii.gz")
+    truncate(root / "c3" / "t2.nii.gz") if how == "truncated" else add_nan(root / "c3" / "t2.nii.gz", np.inf)
+    args = ["convert-folder", "--src", str(root), "-d", "913", "--name", "Own", "--modality", "FLAIR=flair.nii.gz",
+            "--modality", "T2=t2.nii.gz", "--label", "seg.nii.gz", "--labels", "background=0", "--labels", "a=1",
+            "--labels", "b=2", "--labels", "c=4", "-np", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    line = next(l for l in err.splitlines() if l.startswith("nnunet-allstage: error"))
+    assert "case c3" in line and "t2.nii.gz" in line and ("truncated" in line if how == "truncated" else "infinite" in line)
+    assert _nothing_left(nnunet_env)
+
+
+@pytest.mark.parametrize("how", ["truncated", "nan"])
+def test_evaluate_refuses_truncated_or_nan_test_files_before_predicting(tmp_path, synthetic_src, how):
+    from nnunet_allstage.evaluation import find_test_cases
+    images, labels = tmp_path / "imagesTs", tmp_path / "labelsTs"
+    images.mkdir()
+    labels.mkdir()
+    for i in (1, 2):
+        src = synthetic_src / f"BraTS20_Training_{i:03d}"
+        for ch, s in enumerate(("flair", "t1", "t1ce", "t2")):
+            shutil.copy(src / f"BraTS20_Training_{i:03d}_{s}.nii.gz", images / f"case{i}_{ch:04d}.nii.gz")
+        shutil.copy(src / f"BraTS20_Training_{i:03d}_seg.nii.gz", labels / f"case{i}.nii.gz")
+    assert len(find_test_cases(images, labels, ".nii.gz", 4)) == 2
+    truncate(images / "case2_0001.nii.gz") if how == "truncated" else add_nan(images / "case2_0003.nii.gz")
+    with pytest.raises(AllStageError, match="case case2: .*" + ("truncated" if how == "truncated" else "NaN")):
+        find_test_cases(images, labels, ".nii.gz", 4)

@@ -307,6 +307,30 @@ def test_predict_with_missing_files_equals_zero_files(workspace, tmp_path):
         assert np.array_equal(lut[a], c)
 
 
+def test_predict_lists_truncated_and_nan_cases_and_predicts_the_others(workspace, tmp_path):
+    from nnunet_allstage.prediction import predict_folder
+    from test_conversion import add_nan, truncate
+    trainer = "AllStageTrainer_1epoch"
+    if not (output_folder(workspace, trainer) / "checkpoint_final.pth").is_file():
+        pytest.skip("needs stage 4")
+    raw = raw_folder(workspace)
+    case = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in ("good", "cut", "nan"):
+        for ch in range(4):
+            (inp / f"{name}_{ch:04d}.nii.gz").write_bytes((raw / "imagesTs" / f"{case}_{ch:04d}.nii.gz").read_bytes())
+    truncate(inp / "cut_0001.nii.gz")
+    add_nan(inp / "nan_0000.nii.gz")
+    logs = []
+    status = predict_folder(_model(workspace, trainer), inp, tmp_path / "out", log=logs.append)
+    assert status["good"] == "ok" and (tmp_path / "out" / "good.nii.gz").is_file()
+    assert "truncated" in status["cut"] and "cut_0001.nii.gz" in status["cut"]
+    assert "NaN" in status["nan"] and "nan_0000.nii.gz" in status["nan"]
+    assert not (tmp_path / "out" / "cut.nii.gz").exists() and not (tmp_path / "out" / "nan.nii.gz").exists()
+    assert "failed: cut, nan" in logs[-1]
+
+
 def test_evaluate_table_has_the_papers_shape(workspace):
     from nnunet_allstage.cli import main
     trainers = ["AllStageTrainer_1epoch", "AllStageDropoutTrainer_1epoch"]

@@ -15,7 +15,8 @@ from nnunetv2.paths import nnUNet_raw, nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunet_allstage.config import AllStageConfig, describe, load_config
+from nnunet_allstage.checkpoints import safe_load
+from nnunet_allstage.config import AllStageConfig, check_same_options, describe, load_config
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.masking import modality_dropout, zero_missing
 from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_record, modality_names_from_dataset_json,
@@ -29,14 +30,6 @@ SCHEDULE_SUFFIXES = {"_1epoch": 1, "_5epochs": 5, "_50epochs": 50}
 
 def schedule_suffix(class_name: str) -> str:
     return next((s for s in SCHEDULE_SUFFIXES if class_name.endswith(s)), "")
-
-
-def load_network_weights(path: Path) -> dict:
-    """A checkpoint's network weights on the CPU (so a GPU checkpoint loads on a CPU machine)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "network_weights" not in checkpoint:
-        raise AllStageError(f"{path} is not an nnU-Net checkpoint (no 'network_weights')")
-    return checkpoint
 
 
 class SegmentationOptimizerMixin:
@@ -225,6 +218,22 @@ class AllStageTrainerBase(nnUNetTrainer):
     def load_predecessors(self) -> None:
         """Initialise from earlier stages (none for stage 1 and the baselines)."""
 
+    def load_predecessor(self, stage: int, trainer_base_name: str) -> tuple[dict, Path]:
+        """The predecessor's network weights and checkpoint path, loaded safely, after checking that it was trained with the options that
+        matter to it as this run has them."""
+        from nnunet_allstage.training import trainers
+        path = self.predecessor_checkpoint(stage, trainer_base_name)
+        checkpoint = safe_load(path)
+        recorded = checkpoint.get("allstage", {}).get("options")
+        if recorded is None:
+            self.print_to_log_file(f"note: {path} records no nnunet-allstage options; not checked")
+        else:
+            names = getattr(trainers, trainer_base_name).options_that_matter()
+            check_same_options(recorded, self.allstage_config, names, f"stage {stage} ({path})",
+                               f"retrain {trainer_base_name} with this run's options, or run this stage with the "
+                               f"options it had")
+        return checkpoint["network_weights"], path
+
     def predecessor_checkpoint(self, stage: int, trainer_base_name: str) -> Path:
         explicit = getattr(self.allstage_config, f"stage{stage}_checkpoint")
         trainer_name = trainer_base_name + schedule_suffix(type(self).__name__)
@@ -278,7 +287,10 @@ class AllStageTrainerBase(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("pass a checkpoint path (nnU-Net 2.8.1 cannot load from a dict)")
+        extra = safe_load(filename_or_checkpoint).get("allstage", {})
+        check_same_options(extra.get("options", {}), self.allstage_config, self.options_that_matter(),
+                           f"the run to resume ({filename_or_checkpoint})",
+                           "set the options as they were to continue it, or start afresh without --c")
         super().load_checkpoint(filename_or_checkpoint)
         self.was_resumed = True
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        self.load_extra_checkpoint_state(checkpoint.get("allstage", {}))
+        self.load_extra_checkpoint_state(extra)

@@ -14,8 +14,7 @@ from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.losses import multi_level_mad, reconstruction_loss
 from nnunet_allstage.masking import fill_missing, mask_input, zero_missing
 from nnunet_allstage.networks import HyperSegNetwork, forward_with_features, transfer_weights
-from nnunet_allstage.training.base import (AllStageTrainerBase, SegmentationOptimizerMixin, load_network_weights,
-                                           unwrap)
+from nnunet_allstage.training.base import AllStageTrainerBase, SegmentationOptimizerMixin, unwrap
 from nnunet_allstage.training.mae import AllStageMAETrainer
 from nnunet_allstage.training.segmentation import (AllStageHyperTrainer, AllStageHyperTrainer_Binary, HyperNetworkMixin,
                                                    build_hyper_network)
@@ -48,8 +47,8 @@ class FrozenTeacherMixin:
         else:
             teacher = nnUNetTrainer.build_network_architecture(self.plans_manager, self.configuration_manager,
                                                                num_inputs, num_outputs, self.teacher_deep_supervision)
-        path = self.predecessor_checkpoint(2, self.teacher_trainer)
-        teacher.load_state_dict(load_network_weights(path)["network_weights"], strict=True)
+        weights, path = self.load_predecessor(2, self.teacher_trainer)
+        teacher.load_state_dict(weights, strict=True)
         teacher.requires_grad_(False)
         kind = "hyper-network, full-modality code" if self.teacher_is_hyper else "plain U-Net"
         self.print_to_log_file(f"frozen teacher ({kind}) loaded from {path}")
@@ -87,8 +86,8 @@ class AllStageMAEDATrainer(FrozenTeacherMixin, AllStageMAETrainer):
         self.teacher = self.build_teacher()
 
     def load_predecessors(self) -> None:
-        path = self.predecessor_checkpoint(1, self.stage1_trainer)
-        unwrap(self.network).load_state_dict(load_network_weights(path)["network_weights"], strict=True)
+        weights, path = self.load_predecessor(1, self.stage1_trainer)
+        unwrap(self.network).load_state_dict(weights, strict=True)
         self.print_to_log_file(f"MAE initialised from stage 1 {path}")
 
     def train_step(self, batch: dict) -> dict:
@@ -174,17 +173,17 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
 
     def load_predecessors(self) -> None:
         cfg = self.allstage_config
-        stage3 = self.predecessor_checkpoint(3, self.stage3_trainer) if self.stage3_trainer in \
-            self.predecessor_names(cfg) else None
+        stage3_weights, stage3 = self.load_predecessor(3, self.stage3_trainer) if self.stage3_trainer in \
+            self.predecessor_names(cfg) else (None, None)
         if self.use_recovery:
-            unwrap(self.recovery).load_state_dict(load_network_weights(stage3)["network_weights"], strict=True)
+            unwrap(self.recovery).load_state_dict(stage3_weights, strict=True)
             self.print_to_log_file(f"recovering module initialised from stage 3 {stage3}")
         if cfg.student_init == "stage2":
-            path = self.predecessor_checkpoint(2, self.stage2_trainer)
-            unwrap(self.network).load_state_dict(load_network_weights(path)["network_weights"], strict=True)
+            weights, path = self.load_predecessor(2, self.stage2_trainer)
+            unwrap(self.network).load_state_dict(weights, strict=True)
             self.print_to_log_file(f"student initialised from the stage-2 model {path}")
         else:
-            loaded, skipped = transfer_weights(load_network_weights(stage3)["network_weights"], unwrap(self.network))
+            loaded, skipped = transfer_weights(stage3_weights, unwrap(self.network))
             self.print_to_log_file(f"student initialised from stage 3 {stage3} ({loaded} tensors loaded, "
                                    f"{len(skipped)} fresh: hyper head, deep-supervision heads)")
 

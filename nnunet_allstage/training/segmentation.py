@@ -7,8 +7,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_allstage.networks import HyperSegNetwork, transfer_weights
 from nnunet_allstage.text_embeddings import CLIP_EMBEDDING_DIM, clip_table
-from nnunet_allstage.training.base import (AllStageTrainerBase, SegmentationOptimizerMixin, load_network_weights,
-                                           unwrap)
+from nnunet_allstage.training.base import AllStageTrainerBase, SegmentationOptimizerMixin, unwrap
 
 
 def build_hyper_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
@@ -37,8 +36,7 @@ class InitFromStageMixin:
         return [cls.init_trainer]
 
     def load_predecessors(self) -> None:
-        path = self.predecessor_checkpoint(self.init_stage, self.init_trainer)
-        weights = load_network_weights(path)["network_weights"]
+        weights, path = self.load_predecessor(self.init_stage, self.init_trainer)
         loaded, skipped = transfer_weights(weights, unwrap(self.network))
         self.print_to_log_file(f"initialised from stage {self.init_stage} {path}: {loaded} tensors loaded, "
                                f"{len(skipped)} left as initialised "

@@ -1,0 +1,240 @@
+"""What each network really receives inside a real train_step / validation_step of every trainer.
+
+Each trainer is built through nnU-Net's own lookup on a tiny synthetic dataset, its predecessors are checkpoints
+of freshly initialised earlier stages (the contract does not depend on training), and every batch carries
+augmentation-like noise in all channels, so a missing modality that is not zeroed again is visible. Forward
+pre-hooks on student, teacher and recovering module record their inputs.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+DATASET_ID = 970
+SHAPE = (32, 36, 28)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from nnunet_allstage.conversion import convert_brats
+    from nnunet_allstage.environment import trainer_shim_dir
+    from nnunet_allstage.planning import plan_dataset
+    from nnunet_allstage.synthetic import write_synthetic_brats
+    root = tmp_path_factory.mktemp("contracts")
+    mp = pytest.MonkeyPatch()
+    env = {"nnUNet_extTrainer": str(trainer_shim_dir()), "nnUNet_compile": "f", "nnUNet_def_n_proc": "2",
+           "NNUNET_ALLSTAGE_CLIP_PRETRAINED": "random-test-only", "XDG_CACHE_HOME": str(root / "cache")}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[name] = str(root / name)
+    for k, v in env.items():
+        mp.setenv(k, v)
+    src = write_synthetic_brats(root / "src", num_cases=6, seed=3, shape=SHAPE)
+    convert_brats(src, dataset_id=DATASET_ID, fm_ratio=0.25, seed=1, num_processes=1)
+    plan_dataset(DATASET_ID, num_processes=1)
+    mp.setenv("nnUNet_n_proc_DA", "0")  # after planning, which it would break
+    # the predecessors, untrained: each saved where the next stage looks for it
+    for name in ("AllStageMAETrainer_1epoch", "AllStageHyperTrainer_1epoch", "AllStageHyperTrainer_Binary_1epoch",
+                 "AllStageMAEDATrainer_1epoch", "AllStageMAEDATrainer_Binary_1epoch",
+                 "AllStageMAEFinetuneTrainer_1epoch"):
+        t = build(name)
+        t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    yield root
+    mp.undo()
+
+
+def build(name: str):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args(str(DATASET_ID), "3d_fullres", 0, name, "nnUNetPlans", device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+class Recorder:
+    """Forward pre-hooks (inputs) and forward hooks (outputs, highest resolution) of a network. A plain U-Net
+    run for its features is called through its encoder and decoder, so those are hooked instead."""
+
+    def __init__(self, network):
+        self.inputs, self.outputs = [], []
+        from nnunet_allstage.networks import HyperSegNetwork
+        plain = hasattr(network, "encoder") and not isinstance(network, HyperSegNetwork)
+        (network.encoder if plain else network).register_forward_pre_hook(self.pre, with_kwargs=True)
+        (network.decoder if plain else network).register_forward_hook(self.post)
+
+    def pre(self, module, args, kwargs):
+        code = args[1] if len(args) > 1 else kwargs.get("code")
+        if code is None:
+            code = getattr(module, "code_override", None)  # nnU-Net's own steps hand the code this way
+        self.inputs.append((args[0].detach().clone(), None if code is None else code.detach().clone()))
+
+    def post(self, module, args, output):
+        out = output[0] if isinstance(output, tuple) else output  # (outputs, features) with return_features
+        out = out[0] if isinstance(out, list) else out  # deep supervision: the highest resolution first
+        self.outputs.append(out.detach().clone())
+
+
+def noisy_batch(trainer):
+    """A real batch of the trainer's loader, relabelled to alternate a case that misses modalities and a
+    full-modality case, with noise in every channel (what nnU-Net's Gaussian-noise augmentation does to an all-zero
+    channel). Returns the batch and the availability of its cases, computed here from the record."""
+    if getattr(trainer, "dataloader_train", None) is None:
+        trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    record = trainer._availability_record["cases"]
+    partial = next(k for k, v in sorted(record.items()) if not all(v))
+    full = next(k for k, v in sorted(record.items()) if all(v))
+    batch["keys"] = [(partial, full)[i % 2] for i in range(batch["data"].shape[0])]
+    batch["data"] = batch["data"] + 0.5 * torch.randn_like(batch["data"])
+    available = torch.tensor([record[k] for k in batch["keys"]], dtype=torch.float32)
+    return batch, available
+
+
+def rezeroed(batch, available):
+    return batch["data"] * available[:, :, None, None, None]
+
+
+def assert_code_matches_zero_pattern(x: torch.Tensor, code: torch.Tensor, available: torch.Tensor):
+    """Every channel whose code is 0 is exactly zero; every channel whose code is 1 is not; the code never marks a
+    modality that the case lacks."""
+    assert code.shape == available.shape
+    assert bool((code <= available).all()), (code, available)
+    nonzero = x.flatten(2).abs().amax(2) > 0
+    assert torch.equal(nonzero, code.bool()), (nonzero, code)
+
+
+def params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    return any(not torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+
+
+SEGMENTATION_TRAINERS = ["AllStageHyperTrainer_1epoch", "AllStageDropoutTrainer_1epoch",
+                         "AllStageMAEFinetuneTrainer_1epoch", "AllStageDAFinetuneTrainer_1epoch",
+                         "AllStageDAHyperTrainer_1epoch"]
+STAGE4_TRAINERS = ["AllStageTrainer_1epoch", "AllStageTrainer_NoKD_1epoch", "AllStageTrainer_NoDataRefinement_1epoch",
+                   "AllStageTrainer_NoHyperTeacher_1epoch", "AllStageTrainer_Binary_1epoch",
+                   "AllStageTrainer_ModelDistNoMAE_Binary_1epoch", "AllStageTrainer_NoDataRefinement_Binary_1epoch",
+                   "AllStageTrainer_NoHyperTeacher_Binary_1epoch"]
+
+
+@pytest.mark.parametrize("name", SEGMENTATION_TRAINERS)
+def test_segmentation_trainers_student_sees_mdrop_with_matching_code(dataset, name):
+    t = build(name)
+    t.load_predecessors()
+    student = Recorder(t.network)
+    hyper = name.startswith(("AllStageHyper", "AllStageDAHyper"))
+    dropped = False
+    for _ in range(4):
+        batch, available = noisy_batch(t)
+        t.train_step(batch)
+        x, code = student.inputs[-1]
+        if hyper:
+            assert_code_matches_zero_pattern(x, code, available)
+        else:  # a plain U-Net receives no code: its zero pattern is the code MDrop chose
+            assert code is None
+            code = (x.flatten(2).abs().amax(2) > 0).float()
+            assert bool((code <= available).all()) and bool(code.any(1).all())
+        dropped |= bool((code < available).any())
+    assert dropped, "MDrop never dropped a modality in 4 steps"
+    batch, available = noisy_batch(t)
+    t.validation_step(batch)
+    x, code = student.inputs[-1]
+    if hyper:
+        assert torch.equal(code, available)  # no MDrop in validation
+    assert_code_matches_zero_pattern(x, available, available)
+
+
+@pytest.mark.parametrize("name", ["AllStageMAETrainer_1epoch", "AllStageMAEDATrainer_1epoch"])
+def test_mae_sees_zeroed_input_and_eq1_averages_over_available_modalities(dataset, name, monkeypatch):
+    t = build(name)
+    t.load_predecessors()
+    mae = Recorder(t.network)
+    teacher = Recorder(t.teacher) if hasattr(t, "teacher") else None
+    teacher_before = params(t.teacher) if teacher else None
+    mae_before = params(t.network)
+    batch, available = noisy_batch(t)
+    target = rezeroed(batch, available)
+    out = t.train_step(batch)
+    x, _ = mae.inputs[-1]
+    nonzero = x.flatten(2).abs().amax(2) > 0
+    assert bool((nonzero.float() <= available).all()) and bool(nonzero.any(1).all())
+    # Eq. 1, computed here independently: per sample, the mean over the modalities available in the data
+    reconstruction = mae.outputs[-1]
+    mse = (reconstruction - target).pow(2).flatten(2).mean(2)
+    expected = torch.stack([mse[b][available[b].bool()].mean() for b in range(len(available))]).mean()
+    rec = out["rec"] if "rec" in out else torch.as_tensor(out["loss"])
+    assert float(rec) == pytest.approx(float(expected), rel=1e-5)
+    if teacher:
+        t_in, t_code = teacher.inputs[-1]
+        assert torch.equal(t_code, torch.ones_like(available))  # full-modality mode
+        assert torch.equal(t_in, reconstruction)  # phi(MASK(x)): the whole reconstruction
+        assert not changed(teacher_before, t.teacher)  # stage 3 updates the MAE only
+    assert changed(mae_before, t.network)
+
+
+@pytest.mark.parametrize("name", STAGE4_TRAINERS)
+def test_stage4_contract(dataset, name, monkeypatch):
+    import nnunet_allstage.training.codistillation as codistillation
+    t = build(name)
+    t.load_predecessors()
+    student, teacher = Recorder(t.network), Recorder(t.teacher)
+    recovery = Recorder(t.recovery) if t.use_recovery else None
+    mad_calls = []
+    original_mad = codistillation.multi_level_mad
+
+    def recording_mad(student_features, teacher_features, teacher_logits, *args):
+        mad_calls.append(teacher_logits.detach().clone())
+        return original_mad(student_features, teacher_features, teacher_logits, *args)
+
+    monkeypatch.setattr(codistillation, "multi_level_mad", recording_mad)
+    before = {"student": params(t.network), "teacher": params(t.teacher)}
+    if t.use_recovery:
+        before["recovery"] = params(t.recovery)
+    batch, available = noisy_batch(t)
+    x_rezeroed = rezeroed(batch, available)
+    t.train_step(batch)
+    # the student: MDrop(x) with the code it is given
+    x, code = student.inputs[-1]
+    assert_code_matches_zero_pattern(x, code, available)
+    # the teacher: the available channels bit-identical, g's fill-ins only where the case lacks a modality
+    t_in, t_code = teacher.inputs[-1]
+    if t.teacher_is_hyper:
+        assert torch.equal(t_code, torch.ones_like(available))
+    else:
+        assert t_code is None
+    mask = available.bool()[:, :, None, None, None].expand_as(t_in)
+    assert torch.equal(t_in[mask], x_rezeroed[mask])
+    if t.use_recovery:
+        g_in, _ = recovery.inputs[-1]
+        assert bool((g_in.flatten(2).abs().amax(2) > 0).float().le(available).all())  # g sees no missing modality
+        fill = recovery.outputs[-1]
+        assert torch.equal(t_in[~mask], fill[~mask])
+    else:
+        assert not t_in[~mask].any()  # (b): the teacher is fed only the available modalities
+    # MAD's uncertainty weights come from the teacher's highest-resolution output
+    if t.use_kd:
+        assert len(mad_calls) == 1 and torch.equal(mad_calls[0], teacher.outputs[-1])
+    else:
+        assert not mad_calls
+    # what is updated: the student always, g when it is refined, the teacher never
+    assert changed(before["student"], t.network)
+    assert not changed(before["teacher"], t.teacher)
+    if t.use_recovery:
+        assert changed(before["recovery"], t.recovery) == t.train_recovery
+    # the checkpoint's network_weights is the student alone
+    path = os.path.join(str(dataset), f"{name}_step.pth")
+    t.save_checkpoint(path)
+    from nnunet_allstage.checkpoints import safe_load
+    saved = safe_load(path)["network_weights"]
+    assert set(saved) == set(t.network.state_dict())
+    assert all(torch.equal(v, t.network.state_dict()[k]) for k, v in saved.items())
+    # validation: the student sees the case's own availability
+    batch, available = noisy_batch(t)
+    t.validation_step(batch)
+    x, code = student.inputs[-1]
+    assert torch.equal(code, available)
+    assert_code_matches_zero_pattern(x, code, available)
