@@ -209,6 +209,23 @@ def _all_training(name: str, case_ids: list[str]) -> dict:
 
 
 def run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: Path, args) -> tuple:
+    """Convert, plan, train and evaluate one seed; with --resume, a seed already evaluated for the same rows and
+    settings is read back from its seed_result.json."""
+    saved = workdir / "seed_result.json"
+    fingerprint = {"rows": [row.__dict__ for row in rows], "spacing": args.spacing, "epochs": args.epochs,
+                   "iterations": args.iterations, "fm_ratio": args.fm_ratio}
+    if args.resume and saved.is_file():
+        result = json.loads(saved.read_text())
+        if result["fingerprint"] == fingerprint:
+            print(f"seed {seed}: evaluated before, read from {saved}")
+            return tuple(result["result"])
+    shutil.rmtree(workdir, ignore_errors=True)
+    result = _run_seed(seed, rows, train_cases, test_root, workdir, args)
+    saved.write_text(json.dumps({"fingerprint": fingerprint, "result": result}))
+    return result
+
+
+def _run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: Path, args) -> tuple:
     from nnunet_allstage.conversion import convert_brats
     from nnunet_allstage.planning import plan_dataset
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -260,6 +277,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=16, help="training iterations per epoch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fm-ratio", type=float, default=0.25)
+    parser.add_argument("--resume", action="store_true", help="keep --workdir and reuse the seeds already evaluated "
+                                                               "with the same rows and settings (add seeds later)")
     args = parser.parse_args()
     start = time.time()
 
@@ -272,7 +291,8 @@ def main() -> None:
         rows = [rows[int(i)] for i in args.rows.split(",")]
     rows = rows + BASELINES
     workdir = Path(args.workdir).resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(workdir, ignore_errors=True)
     apply_default_env(workdir)
     os.environ.setdefault("nnUNet_compile", "f")
     if not os.environ.get("NNUNET_ALLSTAGE_CLIP_WEIGHTS"):
@@ -292,6 +312,7 @@ def main() -> None:
     if not test_cases:
         sys.exit("no test case: pass --test-src with BraTS case folders that hold labels")
     test_source = workdir / "test_source"
+    shutil.rmtree(test_source, ignore_errors=True)
     _link_cases(test_cases, test_source)
     print("=" * 100)
     print(f"Study '{args.ladder}': {len(rows)} rows, {len(train_cases)} training and {len(test_cases)} test BraTS "
