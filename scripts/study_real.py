@@ -10,6 +10,7 @@ iterations of the four stages together (the compute-matched baseline: what the m
     python scripts/study_real.py                               # ladder 'method': baseline, stage 2, stage 4
     python scripts/study_real.py --ladder table4 --seeds 2     # the paper's Table 4, two seeds
     python scripts/study_real.py --ladder recipe --rows 0,1,2  # some rows of the recipe ladder
+    python scripts/study_real.py --ladder table4 --rows 0,1,2,3,4,recipe:3   # a row of another ladder too
     python scripts/study_real.py --test-src /data/other_brats  # a test folder in any BraTS layout
 
 Without --test-src, the four cases of the 12-case BraTS 2018 sample that split 3 puts in its test set are held
@@ -83,6 +84,22 @@ LADDERS = {
                Row("stage 4, MDrop keeps the full set with p = 0.5", "AllStageTrainer",
                    {"full_set_probability": "0.5"})],
 }
+
+
+def select_rows(ladder: str, spec: str | None) -> list[Row]:
+    """The rows named by --rows: N is row N of the ladder, OTHER:N row N of ladder OTHER (rows run once each)."""
+    if not spec:
+        return list(LADDERS[ladder])
+    rows = []
+    for item in spec.split(","):
+        name, _, index = item.strip().rpartition(":")
+        name = name or ladder
+        if name not in LADDERS or not index.isdigit() or int(index) >= len(LADDERS[name]):
+            sys.exit(f"--rows: {item!r} names no row (ladders: {', '.join(f'{k} 0-{len(v) - 1}' for k, v in LADDERS.items())})")
+        row = LADDERS[name][int(index)]
+        if row not in rows:
+            rows.append(row)
+    return rows
 
 
 def trainer_class(name: str):
@@ -269,7 +286,8 @@ def main() -> None:
     parser.add_argument("--src", default=str(DEFAULT_SRC), help="BraTS training folder (any year)")
     parser.add_argument("--test-src", help="BraTS folder of test cases (default: the four split-3 test cases)")
     parser.add_argument("--ladder", choices=sorted(LADDERS), default="method")
-    parser.add_argument("--rows", help="comma-separated row numbers of the ladder (0-based; default: all)")
+    parser.add_argument("--rows", help="comma-separated row numbers of the ladder (0-based; default: all); "
+                                       "LADDER:N takes row N of another ladder, e.g. --rows 0,1,2,3,4,recipe:3")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (FM draw and training)")
     parser.add_argument("--workdir", default="study_output")
     parser.add_argument("--spacing", type=float, default=4.0, help="target spacing in mm (CPU-affordable)")
@@ -286,10 +304,7 @@ def main() -> None:
     from nnunet_allstage.environment import apply_default_env
     from nnunet_allstage.errors import AllStageError
 
-    rows = LADDERS[args.ladder]
-    if args.rows:
-        rows = [rows[int(i)] for i in args.rows.split(",")]
-    rows = rows + BASELINES
+    rows = select_rows(args.ladder, args.rows) + BASELINES
     workdir = Path(args.workdir).resolve()
     if not args.resume:
         shutil.rmtree(workdir, ignore_errors=True)
