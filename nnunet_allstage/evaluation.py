@@ -32,6 +32,7 @@ class Model:
     folder: Path  # nnU-Net's Trainer__Plans__Config folder
     predictor: object
     provenance: dict = field(default_factory=dict)  # checkpoints.provenance: stage, options, code table
+    checkpoint: Path | None = None  # the file the weights came from
 
     @property
     def random_clip(self) -> bool:
@@ -60,7 +61,7 @@ def load_model(folder: Path, fold, checkpoint: str, device: torch.device, tta: b
     from nnunet_allstage.environment import trainer_shim_dir
     os.environ["nnUNet_extTrainer"] = str(trainer_shim_dir())
     predictor, record = load_predictor(folder, fold, checkpoint, device, tta)
-    model = Model(name, folder, predictor, record)
+    model = Model(name, folder, predictor, record, ckpt)
     if model.warning():
         print(model.warning())
     return model

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from nnunet_allstage.conversion import (BRATS_MODALITIES, _case_folders, _nifti_stem_suffix, brats_layout,
                                         detect_brats_year, discover_brats_cases)
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.expected_accuracy import expectation_for, load_expected
 from nnunet_allstage.image_io import geometry, read_image, same_grid
 from nnunet_allstage.modalities import code_label
 from nnunet_allstage.networks import network_code
@@ -109,6 +110,10 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
         log(warning)
     record = {"model": str(model.folder), **model.provenance, "warning": warning}
     (output_folder / "nnunet_allstage_model.json").write_text(json.dumps(record, indent=1, default=str))
+    expected_record, why_not = load_expected(model.checkpoint)
+    if expected_record is None:
+        log(f"note: expected accuracy per combination unknown: {why_not}")
+    predictions = {}
     rw = p.plans_manager.image_reader_writer_class()
     label_map = brats_label_map(brats_labels_year) if brats_labels_year else None
     status = {}
@@ -125,11 +130,23 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
                         lut[k] = v
                     seg = lut[seg]
                 rw.write_seg(seg, str(output_folder / f"{case.case_id}{file_ending}"), props)
-                log(f"{case.case_id}: predicted from {code_label(code, names)}")
+                combination = code_label(code, names)
+                log(f"{case.case_id}: predicted from {combination}")
+                entry = {"sequences": [n for n, c in zip(names, code) if c], "combination": combination,
+                         "expected": None, "warning": None}
+                if expected_record is not None:
+                    entry["expected"], entry["warning"] = expectation_for(expected_record, combination)
+                    if entry["warning"]:
+                        log(f"WARNING {case.case_id}: {entry['warning']}")
+                predictions[case.case_id] = entry
                 status[case.case_id] = "ok"
             except AllStageError as e:
                 log(f"error: {e}")
                 status[case.case_id] = str(e)
+    (output_folder / "predictions.json").write_text(json.dumps(
+        {"expected_accuracy": None if expected_record is None else
+         {k: expected_record[k] for k in ("checkpoint", "fold", "validation_cases")},
+         "expected_accuracy_missing": why_not, "cases": predictions}, indent=1))
     failed = [c for c, s in status.items() if s != "ok"]
     log(f"{len(status) - len(failed)} of {len(status)} case(s) predicted into {output_folder}"
         + (f"; failed: {', '.join(failed)}" if failed else ""))

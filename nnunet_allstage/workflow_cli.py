@@ -18,10 +18,22 @@ def _fold(value: str):
 
 
 def cmd_train(args) -> None:
-    from nnunet_allstage.pipeline import run_pipeline
+    from nnunet_allstage.pipeline import run_pipeline, stages_for
     run_pipeline(args.dataset_id, args.fold, configuration=args.c, plans=args.p, schedule=args.schedule,
                  baseline=args.baseline, binary=args.binary, device=args.device, num_gpus=args.num_gpus,
                  extra_args=args.nnunet_args)
+    if args.fold == "all" or args.no_validate:
+        return
+    final = stages_for(args.dataset_id, args.fold, args.c, args.p, args.schedule, args.baseline, args.binary)[-1]
+    args.tr, args.checkpoint, args.disable_tta = final.trainer, "checkpoint_final.pth", False
+    cmd_validate(args)
+
+
+def cmd_validate(args) -> None:
+    from nnunet_allstage.expected_accuracy import measure
+    from nnunet_allstage.planning import dataset_name_from_id
+    model = _load_models(args, [args.tr])[0]
+    measure(model, dataset_name_from_id(args.dataset_id), _fold(args.fold))
 
 
 def _load_models(args, trainers: list[str]):
@@ -103,8 +115,16 @@ def add_commands(sub) -> None:
                    help="short variants for quick runs")
     p.add_argument("--baseline", action="store_true", help="train the nnU-Net + modality dropout baseline instead")
     p.add_argument("--binary", action="store_true", help="binary-code encoder instead of CLIP (needs no CLIP)")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip measuring the final model's expected accuracy per combination on the fold's "
+                        "validation cases (what `validate` does)")
     p.add_argument("nnunet_args", nargs="*", help="passed to nnUNetv2_train after --, e.g. -- --npz")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="expected Dice/HD95 per input combination on the fold's validation cases, "
+                                        "stored beside the checkpoint and quoted by predict")
+    _model_options(p)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("predict", help="predict cases that lack some modality files")
     p.add_argument("-i", required=True, help="nnU-Net-named files, or one folder per case in BraTS naming")

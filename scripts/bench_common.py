@@ -54,10 +54,10 @@ def untrained_checkpoint(dataset_id: int, trainer_name: str, device: torch.devic
     return path
 
 
-def predecessor_checkpoints(dataset_id: int, device: torch.device) -> None:
+def predecessor_checkpoints(dataset_id: int, device: torch.device, plans: str = "nnUNetPlans") -> None:
     """Untrained stage 1-3 checkpoints under their conventional names, so stages 2-4 can be built."""
     for name in ("AllStageMAETrainer", "AllStageHyperTrainer", "AllStageMAEDATrainer"):
-        untrained_checkpoint(dataset_id, name, device)
+        untrained_checkpoint(dataset_id, name, device, plans)
 
 
 def prepare_models(args, trainers: list[str]) -> Path:
@@ -66,7 +66,7 @@ def prepare_models(args, trainers: list[str]) -> Path:
     workdir = Path(args.workdir).resolve()
     if args.dataset_id is None:
         args.dataset_id = prepare_synthetic(workdir)
-        predecessor_checkpoints(args.dataset_id, torch.device("cpu"))
+        predecessor_checkpoints(args.dataset_id, torch.device("cpu"), args.p)
         for trainer in trainers:
             untrained_checkpoint(args.dataset_id, trainer, torch.device("cpu"), args.p)
     apply_default_env(workdir)

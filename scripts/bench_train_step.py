@@ -4,7 +4,8 @@ the same plans, patch and batch, measured in this run. Warm-up excluded; each tr
 peak RSS is its own). Data loading is excluded: every step gets the same prepared batch.
 
     python scripts/bench_train_step.py [--device cuda] [--steps 10] [--workdir bench_output]
-    python scripts/bench_train_step.py -d 901 -p nnUNetPlans_3mm --device cpu     # a dataset of yours
+    python scripts/bench_train_step.py -d 902 -p nnUNetPlans_4mm --device cpu     # a planned dataset of yours
+                                                  # (untrained predecessors go to --workdir, not your results)
 
 Targets (ratio to stock): AllStageTrainer <= 2.8, AllStageHyperTrainer <= 1.15, AllStageMAETrainer <= 1.1.
 """
@@ -99,14 +100,18 @@ def main() -> None:
     if args.dataset_id is None:
         args.dataset_id = prepare_synthetic(workdir)
     else:
+        import os
         from nnunet_allstage.environment import apply_default_env
+        # the untrained predecessor checkpoints go to a scratch results folder: in the user's own, a later
+        # `nnunet-allstage train` would take them for finished stages
+        os.environ["nnUNet_results"] = str(workdir / "nnUNet_results")
         apply_default_env()
     import os
     import torch
     os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
     if args.child:
         return child(args)
-    predecessor_checkpoints(args.dataset_id, torch.device("cpu"))
+    predecessor_checkpoints(args.dataset_id, torch.device("cpu"), args.p)
     results = {}
     for name in args.trainers:
         cmd = [sys.executable, __file__, "-d", str(args.dataset_id), "-p", args.p, "--device", args.device,

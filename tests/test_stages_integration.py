@@ -92,7 +92,7 @@ def test_stage1_mae(workspace):
     logging = ckpt["logging"]
     assert len(logging["val_mse_per_modality"]) == 1 and len(logging["val_mse_per_modality"][0]) == 4
     assert len(logging["val_psnr_per_modality"][0]) == 4
-    assert 0 < logging["mean_fg_dice"][0] <= 1
+    assert ckpt["allstage"]["stage"].startswith("stage 1") and ckpt["allstage"]["options"]["mask_ratio"] == 0.875
     assert (folder / "progress.png").is_file() and (folder / "checkpoint_best.pth").is_file()
     previews = list(folder.glob("reconstruction_preview_*.png"))
     assert previews and previews[0].stat().st_size > 10000
@@ -105,6 +105,10 @@ def test_stage1_resume_with_c(workspace):
     train(workspace, "AllStageMAETrainer_5epochs", env_extra={"NNUNET_ALLSTAGE_NUM_EPOCHS": "1"})
     folder = output_folder(workspace, "AllStageMAETrainer_5epochs")
     (folder / "checkpoint_final.pth").rename(folder / "checkpoint_latest.pth")
+    refused = train(workspace, "AllStageMAETrainer_5epochs", "--c", env_extra={**env, "NNUNET_ALLSTAGE_MASK_RATIO": "0.5"},
+                    check=False)
+    assert refused.returncode != 0
+    assert "trained with other options (mask_ratio: 0.875 -> 0.5)" in refused.stdout + refused.stderr
     result = train(workspace, "AllStageMAETrainer_5epochs", "--c", env_extra=env)
     ckpt = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == 2 and len(ckpt["logging"]["train_losses"]) == 2
@@ -126,6 +130,16 @@ def test_stage2_hyper_and_stock_prediction(workspace):
     assert_valid_segmentation(reference, prediction)
 
 
+def test_predecessor_trained_with_other_options_is_refused(workspace):
+    if not (output_folder(workspace, "AllStageMAETrainer_5epochs") / "checkpoint_final.pth").is_file():
+        pytest.skip("needs the stage-1 run of test_stage1_resume_with_c")
+    result = train(workspace, "AllStageHyperTrainer_5epochs", env_extra={"NNUNET_ALLSTAGE_MASK_RATIO": "0.5"},
+                   check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "stage 1 (" in out and "mask_ratio: 0.875 -> 0.5" in out
+    assert not (output_folder(workspace, "AllStageHyperTrainer_5epochs") / "checkpoint_final.pth").exists()
+
+
 def test_missing_stage1_is_a_clear_error(workspace):
     result = train(workspace, "AllStageHyperTrainer_50epochs", check=False)
     assert result.returncode != 0
@@ -139,14 +153,7 @@ def test_dropout_baseline(workspace):
     assert_valid_segmentation(reference, prediction)
 
 
-def _sha(path: Path) -> str:
-    import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_stage3_stage4_and_stock_prediction(workspace):
-    stage2 = output_folder(workspace, "AllStageHyperTrainer_1epoch") / "checkpoint_final.pth"
-    before = _sha(stage2)
     train(workspace, "AllStageMAEDATrainer_1epoch")
     folder3 = output_folder(workspace, "AllStageMAEDATrainer_1epoch")
     ckpt3 = torch.load(folder3 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -158,7 +165,8 @@ def test_stage3_stage4_and_stock_prediction(workspace):
     assert all(len(ckpt4["logging"][f"train_{k}_loss"]) == 1 for k in ("task", "data", "kd"))
     assert "recovery_weights" in ckpt4["allstage"]
     assert not any(k.startswith(("teacher", "recovery")) for k in ckpt4["network_weights"])  # the student alone
-    assert _sha(stage2) == before  # the teacher's checkpoint is never written
+    assert ckpt4["allstage"]["stage"].startswith("stage 4") and "RANDOM" in ckpt4["allstage"]["code_table"]
+    assert ckpt4["allstage"]["options"]["student_init"] == "stage3"
     reference, prediction = predict_without_clip(workspace, "AllStageTrainer_1epoch")
     assert_valid_segmentation(reference, prediction)
 
@@ -329,6 +337,9 @@ def test_predict_lists_truncated_and_nan_cases_and_predicts_the_others(workspace
     assert "NaN" in status["nan"] and "nan_0000.nii.gz" in status["nan"]
     assert not (tmp_path / "out" / "cut.nii.gz").exists() and not (tmp_path / "out" / "nan.nii.gz").exists()
     assert "failed: cut, nan" in logs[-1]
+    record = json.loads((tmp_path / "out" / "nnunet_allstage_model.json").read_text())
+    assert record["stage"].startswith("stage 4") and "RANDOM-WEIGHT CLIP" in record["warning"]
+    assert any("RANDOM-WEIGHT CLIP" in line for line in logs)
 
 
 def test_evaluate_table_has_the_papers_shape(workspace):
@@ -355,11 +366,51 @@ def test_evaluate_table_has_the_papers_shape(workspace):
             sel = [float(r["dice"]) for r in rows if r["model"] == model and r["region"] == region
                    and r["combination"] == combo]
             assert entry["dice"][0] == pytest.approx(np.mean(sel))
+    assert len(summary["warnings"]) == 1 and "AllStageTrainer_1epoch uses RANDOM-WEIGHT CLIP" in summary["warnings"][0]
+    assert summary["provenance"]["AllStageDropoutTrainer_1epoch"]["code_table"] is None
     table = (out / "table.md").read_text()
+    assert summary["warnings"][0] in table
     header = next(line for line in table.splitlines() if line.startswith("| Region"))
     assert header.count("|") == 2 + 15 + 1 + 1
     assert sum(line.startswith("| WT |") for line in table.splitlines()) == 4  # 2 models x (Dice, HD95)
     assert (out / "dice_heatmap.png").stat().st_size > 5000 and (out / "hd95_heatmap.png").is_file()
+
+
+def test_validate_then_predict_quotes_expected_accuracy(workspace, tmp_path):
+    from nnunet_allstage.cli import main
+    from nnunet_allstage.modalities import read_availability
+    from nnunet_allstage.prediction import predict_folder
+    trainer = "AllStageTrainer_1epoch"
+    if not (output_folder(workspace, trainer) / "checkpoint_final.pth").is_file():
+        pytest.skip("needs stage 4")
+    assert main(["validate", "-d", str(DATASET_ID), "-f", "0", "-tr", trainer, "-device", "cpu",
+                 "--disable_tta"]) == 0
+    record = json.loads((output_folder(workspace, trainer) / "expected_accuracy.json").read_text())
+    splits = json.loads((next((workspace["root"] / "nnUNet_preprocessed").glob(f"Dataset{DATASET_ID}_*")) /
+                         "splits_final.json").read_text())
+    assert record["validation_cases"] == splits[0]["val"]
+    availability = read_availability(raw_folder(workspace))["cases"]
+    for entry in record["combinations"].values():  # a case counts only for combinations its sequences allow
+        allowed = [c for c in record["validation_cases"]
+                   if all(a >= b for a, b in zip(availability[c], entry["code"]))]
+        assert entry["n_validation_cases"] == len(allowed)
+        if allowed:
+            assert set(entry["dice"]) == {"WT", "TC", "ET"}
+    raw = raw_folder(workspace)
+    case = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for ch in (0, 1, 3):  # T1c missing
+        (inp / f"{case}_{ch:04d}.nii.gz").write_bytes((raw / "imagesTs" / f"{case}_{ch:04d}.nii.gz").read_bytes())
+    predict_folder(_model(workspace, trainer), inp, tmp_path / "out", log=lambda *_: None)
+    quoted = json.loads((tmp_path / "out" / "predictions.json").read_text())["cases"][case]
+    assert quoted["sequences"] == ["FLAIR", "T1", "T2"] and quoted["combination"] == "FLAIR+T1+T2"
+    measured = record["combinations"]["FLAIR+T1+T2"]
+    if measured["n_validation_cases"]:
+        assert quoted["expected"]["dice"] == measured["dice"]
+        assert quoted["expected"]["n_validation_cases"] == measured["n_validation_cases"]
+    else:
+        assert quoted["expected"] is None and "accuracy unknown" in quoted["warning"]
 
 
 ABLATIONS = [  # (trainer, what must be in its training log), in an order that trains each predecessor first
