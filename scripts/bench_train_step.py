@@ -111,11 +111,20 @@ def main() -> None:
     os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
     if args.child:
         return child(args)
-    predecessor_checkpoints(args.dataset_id, torch.device("cpu"), args.p)
+    results = measure_steps(args.dataset_id, args.p, args.device, args.steps, args.warmup, workdir, args.trainers)
+    print_ratios(results, args.device, args.steps, args.warmup)
+
+
+def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: int, workdir: Path,
+                  trainers: list[str]) -> dict:
+    """{trainer: {median_s, peak_mb, patch, batch}}, each trainer in its own process; untrained predecessors."""
+    import os
+    import torch
+    predecessor_checkpoints(dataset_id, torch.device("cpu"), plans)
     results = {}
-    for name in args.trainers:
-        cmd = [sys.executable, __file__, "-d", str(args.dataset_id), "-p", args.p, "--device", args.device,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--workdir", str(workdir), "--child", name]
+    for name in trainers:
+        cmd = [sys.executable, __file__, "-d", str(dataset_id), "-p", plans, "--device", device,
+               "--steps", str(steps), "--warmup", str(warmup), "--workdir", str(workdir), "--child", name]
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if out.returncode != 0:
             print(f"{name}: failed\n{out.stderr[-2000:]}")
@@ -123,19 +132,25 @@ def main() -> None:
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[name]
         print(f"{name:<24} {r['median_s'] * 1000:9.1f} ms/it   peak {r['peak_mb']:8.0f} MB", flush=True)
+    return results
+
+
+def print_ratios(results: dict, device: str, steps: int, warmup: int) -> None:
+    import os
+    import torch
     stock = results.get("nnUNetTrainer")
     if not stock:
         sys.exit("stock nnUNetTrainer did not run; no ratios")
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"\ndevice: {device_name}; patch {stock['patch']}, batch {stock['batch']}; median of {args.steps} steps "
-          f"after {args.warmup} warm-up; memory: peak RSS during the steps (CPU) or CUDA max allocated")
-    print(f"{'trainer':<24} {'ms/it':>9} {'time ratio':>11} {'mem ratio':>10}  target")
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"\ndevice: {device_name}; patch {stock['patch']}, batch {stock['batch']}; median of {steps} steps "
+          f"after {warmup} warm-up; memory: peak RSS during the steps (CPU) or CUDA max allocated")
+    print(f"{'trainer':<24} {'ms/it':>9} {'time ratio':>11} {'peak MB':>9} {'mem ratio':>10}  target")
     for name, r in results.items():
         ratio = r["median_s"] / stock["median_s"]
         target = TARGETS.get(name)
         verdict = "" if target is None else f"<= {target}  {'met' if ratio <= target else 'MISSED'}"
-        print(f"{name:<24} {r['median_s'] * 1000:9.1f} {ratio:11.2f} {r['peak_mb'] / stock['peak_mb']:10.2f}  "
-              f"{verdict}")
+        print(f"{name:<24} {r['median_s'] * 1000:9.1f} {ratio:11.2f} {r['peak_mb']:9.0f} "
+              f"{r['peak_mb'] / stock['peak_mb']:10.2f}  {verdict}")
 
 
 if __name__ == "__main__":
