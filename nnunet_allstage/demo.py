@@ -56,9 +56,10 @@ def run_demo(workdir: Path, num_cases: int = 12, num_processes: int = 2, log=pri
     os.environ.update(env)
     log(f"[3/5] the four stages ({DEMO_SCHEDULE} variants, {DEMO_ITERATIONS['NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH']} "
         f"iterations per epoch)")
-    run_pipeline(DEMO_DATASET_ID, "0", schedule=DEMO_SCHEDULE, device="cpu", env=env, log=log)
+    run_pipeline(DEMO_DATASET_ID, "0", schedule=DEMO_SCHEDULE, device="cpu", env=env, log=log, compact=True)
     log("[4/5] the baseline: nnU-Net + modality dropout, same schedule")
-    run_pipeline(DEMO_DATASET_ID, "0", schedule=DEMO_SCHEDULE, baseline=True, device="cpu", env=env, log=log)
+    run_pipeline(DEMO_DATASET_ID, "0", schedule=DEMO_SCHEDULE, baseline=True, device="cpu", env=env, log=log,
+                 compact=True)
 
     log("[5/5] evaluation over all 15 input combinations on the test cases")
     name = next((workdir / "nnUNet_raw").glob(f"Dataset{DEMO_DATASET_ID}_*")).name

@@ -1,7 +1,9 @@
 """`nnunet-allstage train`: the four stages in order through nnU-Net's own `nnUNetv2_train`, each resumable."""
 from __future__ import annotations
 
+import collections
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,11 +96,49 @@ def train_command(dataset_id: int, fold, trainer: str, *, configuration: str = "
     return cmd + (extra_args or [])
 
 
-def run_training(cmd: list[str], title: str, env: dict | None = None, log=print, **popen) -> None:
-    """One nnUNetv2_train run with the trainer shim on the path; a failure is an AllStageError."""
+EPOCH_FIELDS = {"epoch": re.compile(r": Epoch (\d+)\s*$"), "train loss": re.compile(r": train_loss (\S+)"),
+                "val loss": re.compile(r": val_loss (\S+)"), "pseudo Dice": re.compile(r": Pseudo dice \[(.*)\]"),
+                "time": re.compile(r": Epoch time: (\S+) s")}
+
+
+def compact_epoch_lines(lines, title: str):
+    """One line per finished epoch out of nnU-Net's training output (it logs each field on a line of its own)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        for name, pattern in EPOCH_FIELDS.items():
+            match = pattern.search(line)
+            if match:
+                value = match.group(1)
+                if name == "pseudo Dice":
+                    value = " ".join(f"{float(v):.2f}" for v in re.findall(r"[-\d.]+(?=\)|$|,)", value) if v)
+                fields[name] = value
+        if "time" in fields and "epoch" in fields:
+            rest = ", ".join(f"{k} {fields[k]}" for k in ("train loss", "val loss", "pseudo Dice") if k in fields)
+            yield f"  {title}: epoch {fields['epoch']}: {rest}, {fields['time']} s"
+            fields = {}
+
+
+def run_training(cmd: list[str], title: str, env: dict | None = None, log=print, compact: bool = False,
+                 **popen) -> None:
+    """One nnUNetv2_train run with the trainer shim on the path; a failure is an AllStageError. ``compact``: one
+    line per epoch instead of nnU-Net's output (the full log stays in nnU-Net's training_log_*.txt); on failure
+    the output's last lines are shown."""
     log(f"[run] {title}: {' '.join(cmd)}")
-    result = subprocess.run(cmd, env={**os.environ, **(env or {}), "nnUNet_extTrainer": str(trainer_shim_dir())},
-                            **popen)
+    env = {**os.environ, **(env or {}), "nnUNet_extTrainer": str(trainer_shim_dir())}
+    if compact:
+        tail: collections.deque = collections.deque(maxlen=40)
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            def remembered():
+                for line in proc.stdout:
+                    tail.append(line.rstrip())
+                    yield line
+            for summary in compact_epoch_lines(remembered(), title):
+                log(summary)
+        result = subprocess.CompletedProcess(cmd, proc.returncode)
+        if result.returncode != 0:
+            log("\n".join(tail))
+    else:
+        result = subprocess.run(cmd, env=env, **popen)
     if result.returncode != 0:
         raise AllStageError(f"{title} failed (nnUNetv2_train exit code {result.returncode}); fix the cause above and "
                             f"re-run the same command: finished stages are skipped and interrupted ones continue")
@@ -106,7 +146,8 @@ def run_training(cmd: list[str], title: str, env: dict | None = None, log=print,
 
 def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres", plans: str = "nnUNetPlans",
                  schedule: str = "", baseline: bool = False, binary: bool = False, device: str = "cuda",
-                 num_gpus: int = 1, extra_args: list[str] | None = None, env: dict | None = None, log=print) -> None:
+                 num_gpus: int = 1, extra_args: list[str] | None = None, env: dict | None = None, log=print,
+                 compact: bool = False) -> None:
     stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary)
     log(f"nnunet-allstage train: dataset {dataset_id}, fold {fold}, {configuration}, plans {plans}")
     print_status(stages, log)
@@ -118,7 +159,9 @@ def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres
             continue
         cmd = train_command(dataset_id, fold, stage.trainer, configuration=configuration, plans=plans, device=device,
                             num_gpus=num_gpus, resume=stage.state == "interrupted", extra_args=extra_args)
-        run_training(cmd, stage.title, env, log)
+        run_training(cmd, stage.title, env, log, compact=compact)
+        if compact:
+            log(f"  full log: {next(stage.folder.glob('training_log_*.txt'), stage.folder)}")
         if stage.state != "done":
             raise AllStageError(f"{stage.title} ended without {stage.folder / 'checkpoint_final.pth'}")
     log("all stages finished:")

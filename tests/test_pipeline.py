@@ -69,3 +69,27 @@ def test_finished_stage_with_other_options_is_refused(nnunet_env, monkeypatch):
     message = str(error.value)
     assert "mask_ratio: 0.5 -> 0.875" in message and "beta_kd" not in message
     assert "move " + str(stages[0].folder) in message
+
+
+NNUNET_EPOCH = """2026-11-29 10:35:13.384904: Epoch 4
+2026-11-29 10:35:13.385000: Current learning rate: 0.00699
+2026-11-29 10:37:09.594743: train_loss -0.1573
+2026-11-29 10:37:09.594800: val_loss -0.3704
+2026-11-29 10:37:09.594900: Pseudo dice [np.float32(0.6741), np.float32(0.0), np.float32(0.1234)]
+2026-11-29 10:37:12.052078: Epoch time: 141.92 s
+2026-11-29 10:37:12.052100: Yayy! New best EMA pseudo Dice: 0.2634
+"""
+
+
+def test_compact_output_one_line_per_epoch_and_the_tail_on_failure():
+    import sys
+    from nnunet_allstage.pipeline import compact_epoch_lines, run_training
+    lines = list(compact_epoch_lines(NNUNET_EPOCH.splitlines() * 2, "stage 2"))
+    assert lines == ["  stage 2: epoch 4: train loss -0.1573, val loss -0.3704, pseudo Dice 0.67 0.00 0.12, "
+                     "141.92 s"] * 2
+    script = f"import sys; print({NNUNET_EPOCH!r}); print('Traceback: the real reason'); sys.exit(3)"
+    logs = []
+    with pytest.raises(AllStageError, match="exit code 3"):
+        run_training([sys.executable, "-c", script], "stage 2", log=logs.append, compact=True)
+    assert len(logs) == 3 and logs[0].startswith("[run] stage 2")  # the command, one epoch line, the tail
+    assert logs[1].startswith("  stage 2: epoch 4:") and "Traceback: the real reason" in logs[2]
