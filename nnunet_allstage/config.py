@@ -59,6 +59,7 @@ class AllStageConfig:
     val_iterations_per_epoch: int = 0
     num_epochs: int = 0
     save_every: int = 0  # checkpoint_latest every this many epochs
+    seed: int = -1  # >= 0: seeds Python, numpy and torch, deterministic torch algorithms (with nnUNet_n_proc_DA=0)
     preview_cases: int = 2
 
     @property

@@ -52,7 +52,8 @@ def run_demo(workdir: Path, num_cases: int = 12, num_processes: int = 2, log=pri
     log("[2/5] planning and preprocessing with nnU-Net")
     shutil.rmtree(workdir / "nnUNet_results", ignore_errors=True)  # a fresh dataset: earlier models are stale
     plan_dataset(DEMO_DATASET_ID, num_processes=num_processes, log=log)
-    env = {**DEMO_ITERATIONS, "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1")}
+    # seeded, with augmentation in the main process so that its random draws follow the seed too
+    env = {**DEMO_ITERATIONS, "NNUNET_ALLSTAGE_SEED": "0", "nnUNet_n_proc_DA": "0"}
     os.environ.update(env)
     log(f"[3/5] the four stages ({DEMO_SCHEDULE} variants, {DEMO_ITERATIONS['NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH']} "
         f"iterations per epoch)")

@@ -238,3 +238,21 @@ def test_stage4_contract(dataset, name, monkeypatch):
     x, code = student.inputs[-1]
     assert torch.equal(code, available)
     assert_code_matches_zero_pattern(x, code, available)
+
+
+@pytest.mark.parametrize("name", ["AllStageHyperTrainer_1epoch", "AllStageTrainer_1epoch"])
+def test_same_seed_same_weights(dataset, name, monkeypatch):
+    """NNUNET_ALLSTAGE_SEED: network initialisation, nnU-Net's sampling and augmentation (in the main process),
+    MDrop and the training steps all follow the seed."""
+    def two_steps(seed: str):
+        monkeypatch.setenv("NNUNET_ALLSTAGE_SEED", seed)
+        t = build(name)
+        t.load_predecessors()
+        t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+        for _ in range(2):
+            t.train_step(next(t.dataloader_train))
+        return params(t.network)
+
+    first, again, other = two_steps("7"), two_steps("7"), two_steps("8")
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
+    assert any(not torch.equal(v, other[k]) for k, v in first.items())

@@ -32,6 +32,16 @@ def schedule_suffix(class_name: str) -> str:
     return next((s for s in SCHEDULE_SUFFIXES if class_name.endswith(s)), "")
 
 
+def seed_everything(seed: int) -> None:
+    """Reproducible runs: the same seed gives the same weights (on the same machine, thread count and device;
+    nnU-Net's data augmentation must run in the main process, nnUNet_n_proc_DA=0, for its random draws to follow)."""
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 class SegmentationOptimizerMixin:
     """Stage 2, stage 4 and the ablation trainers: nnU-Net's optimiser or the paper's (option
     ``segmentation_optimizer``), over the parameter groups the trainer names."""
@@ -82,6 +92,8 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     # ------------------------------------------------------------------ availability
     def initialize(self):
+        if self.allstage_config.seed >= 0:
+            seed_everything(self.allstage_config.seed + self.local_rank)
         super().initialize()
         self._load_availability()
         self.print_to_log_file(f"nnunet-allstage {self.stage_name}: options {describe(self.allstage_config)}")
