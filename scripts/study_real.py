@@ -187,14 +187,14 @@ def _fmt(values: list[float], scale: float = 100) -> str:
 
 
 def ladder_table(rows: list[Row], per_seed: list[dict], hd95_per_seed: list[dict], minutes: list[dict],
-                 regions: list[str]) -> str:
-    """The Table-4-shaped table: mean Dice per region and on average (mean ± sd over seeds), delta to the first
-    row, per-case paired difference to the first row (mean ± s.e. over test cases, seed-averaged; wins), HD95
-    average, training minutes of the row's own trainer and of its whole chain."""
-    first = rows[0].label
+                 regions: list[str], reference: int = 0) -> str:
+    """The Table-4-shaped table: mean Dice per region and on average (mean ± sd over seeds), delta to the
+    reference row (the first by default), per-case paired difference to it (mean ± s.e. over test cases,
+    seed-averaged; wins), HD95 average, training minutes of the row's own trainer and of its whole chain."""
+    first = rows[reference].label
     n_seeds = len(per_seed)
     cases = sorted(per_seed[0][first])
-    lines = [f"| Row | " + " | ".join(f"Dice {r}" for r in regions) + " | Dice avg | Δ avg vs row 1 | "
+    lines = [f"| Row | " + " | ".join(f"Dice {r}" for r in regions) + f" | Dice avg | Δ avg vs row {reference + 1} | "
              f"paired Δ per case (± s.e., n={len(cases)}) | wins | HD95 avg (mm) | train min (own / chain) |",
              "|---|" + "---|" * (len(regions) + 6)]
     for row in rows:
@@ -213,6 +213,18 @@ def ladder_table(rows: list[Row], per_seed: list[dict], hd95_per_seed: list[dict
         cells.append(f"{own:.0f} / {chain:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{n_seeds} seed(s); Dice in %, mean over the 15 input combinations and the test cases."
+
+
+def reprint_table(summary_file: Path, reference: int) -> None:
+    if not summary_file.is_file():
+        sys.exit(f"--table-from: {summary_file} not found (a study writes study_summary.json into --workdir)")
+    summary = json.loads(summary_file.read_text())
+    rows = [Row(**r) for r in summary["settings"]["rows"]]
+    if not 0 <= reference < len(rows):
+        sys.exit(f"--reference must be 1..{len(rows)}")
+    minutes = [{label: tuple(v) for label, v in m.items()} for m in summary["train_minutes"]]
+    print(ladder_table(rows, summary["per_case_dice"], summary["hd95_avg"], minutes,
+                       summary["evaluation"][0]["regions"], reference))
 
 
 def _link_cases(cases, target: Path) -> None:
@@ -297,7 +309,12 @@ def main() -> None:
     parser.add_argument("--fm-ratio", type=float, default=0.25)
     parser.add_argument("--resume", action="store_true", help="keep --workdir and reuse the seeds already evaluated "
                                                                "with the same rows and settings (add seeds later)")
+    parser.add_argument("--table-from", metavar="STUDY_SUMMARY_JSON",
+                        help="print the table of a finished study again (no training), e.g. with --reference")
+    parser.add_argument("--reference", type=int, default=1, help="the row (1-based) the differences are taken to")
     args = parser.parse_args()
+    if args.table_from:
+        return reprint_table(Path(args.table_from), args.reference - 1)
     start = time.time()
 
     from nnunet_allstage.conversion import brats_layout, detect_brats_year, discover_brats_cases
@@ -341,7 +358,8 @@ def main() -> None:
     except AllStageError as e:
         sys.exit(f"error: {e}")
     regions = results[0][3]["regions"]
-    table = ladder_table(rows, [r[0] for r in results], [r[1] for r in results], [r[2] for r in results], regions)
+    table = ladder_table(rows, [r[0] for r in results], [r[1] for r in results], [r[2] for r in results], regions,
+                         args.reference - 1)
     total = round((time.time() - start) / 60, 1)
     settings = {"ladder": args.ladder, "rows": [row.__dict__ for row in rows], "seeds": args.seeds,
                 "spacing_mm": args.spacing, "epochs": args.epochs, "iterations_per_epoch": args.iterations,

@@ -1,0 +1,60 @@
+"""scripts/study_real.py without training: rows, shared jobs, the table's paired statistics."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import study_real  # noqa: E402
+
+
+def test_rows_of_other_ladders_and_bad_names():
+    rows = study_real.select_rows("table4", "3,4,recipe:3,recipe:3")
+    assert [r.label for r in rows] == ["+ co-distillation (full method)", "stage 2 alone (hyper-network from stage 1)",
+                                       "stage 4, student from stage 2"]
+    assert rows[2].options == {"student_init": "stage2"}
+    with pytest.raises(SystemExit, match="names no row"):
+        study_real.select_rows("table4", "recipe:99")
+
+
+def test_jobs_are_shared_exactly_where_the_options_do_not_matter():
+    key = study_real.job_key
+    # g's learning rate matters to stage 4 only: its stage 2 and 3 are the default row's
+    assert key("AllStageHyperTrainer", {"recovery_lr_scale": "0.03"}, 1) == key("AllStageHyperTrainer", {}, 1)
+    assert key("AllStageTrainer", {"recovery_lr_scale": "0.03"}, 1) != key("AllStageTrainer", {}, 1)
+    # the paper optimiser changes stage 2, hence every stage 4 built on it
+    assert key("AllStageHyperTrainer", {"segmentation_optimizer": "paper"}, 1) != key("AllStageHyperTrainer", {}, 1)
+    assert key("AllStageMAETrainer", {"segmentation_optimizer": "paper"}, 1) == key("AllStageMAETrainer", {}, 1)
+    assert key("AllStageDropoutTrainer", {}, 4) != key("AllStageDropoutTrainer", {}, 1)
+
+
+def summary(tmp_path):
+    rows = [study_real.Row("A", "AllStageHyperTrainer"), study_real.Row("B", "AllStageTrainer")]
+    cases = ["c1", "c2", "c3"]
+    a = {"c1": 0.50, "c2": 0.40, "c3": 0.60}
+    b = {"c1": 0.55, "c2": 0.38, "c3": 0.70}  # paired differences +5, -2, +10 Dice points
+    per_case = {"A": {c: {"WT": a[c], "avg": a[c]} for c in cases}, "B": {c: {"WT": b[c], "avg": b[c]} for c in cases}}
+    data = {"settings": {"rows": [r.__dict__ for r in rows]}, "per_case_dice": [per_case],
+            "hd95_avg": [{"A": 20.0, "B": 18.0}], "train_minutes": [{"A": [3.0, 7.0], "B": [9.0, 25.0]}],
+            "evaluation": [{"regions": ["WT"]}]}
+    path = tmp_path / "study_summary.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_table_paired_differences_by_hand(tmp_path):
+    path = summary(tmp_path)
+    out = subprocess.run([sys.executable, str(SCRIPTS / "study_real.py"), "--table-from", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    row_b = next(line for line in out.splitlines() if line.startswith("| B |"))
+    diffs = np.array([5.0, -2.0, 10.0])
+    se = diffs.std(ddof=1) / np.sqrt(3)
+    assert f"+{diffs.mean():.1f} ± {se:.1f}" in row_b and "| 2/3 |" in row_b and "| 9 / 25 |" in row_b
+    out = subprocess.run([sys.executable, str(SCRIPTS / "study_real.py"), "--table-from", str(path),
+                          "--reference", "2"], capture_output=True, text=True, check=True).stdout
+    row_a = next(line for line in out.splitlines() if line.startswith("| A |"))
+    assert f"-{diffs.mean():.1f} ± {se:.1f}" in row_a and "| 1/3 |" in row_a and "Δ avg vs row 2" in out
