@@ -45,17 +45,23 @@ def code_indices(code: torch.Tensor) -> torch.Tensor:
 
 
 class HyperHead(nn.Module):
-    """Dynamic head: 8 -> 8 -> 8 -> K 1x1x1 convolutions whose weights come from a controller."""
+    """Dynamic head: 8 -> 8 -> 8 -> K 1x1(x1) convolutions whose weights come from a controller.
+
+    It sits where the planned U-Net has its last segmentation layer (so checkpoints keep nnU-Net's parameter
+    names). Called by the decoder with the features alone it passes them through; `HyperSegNetwork` then calls it
+    with the features, the bottleneck and the code embedding. Nothing is kept between calls, so the network can
+    be compiled and a batch can share one code."""
 
     def __init__(self, in_channels: int, bottleneck_channels: int, embedding_dim: int, num_classes: int,
-                 binary_code: bool):
+                 binary_code: bool, conv_op: type = nn.Conv3d):
         super().__init__()
         c, k = HEAD_CHANNELS, num_classes
         self.weight_sizes = [c * c, c * c, c * k]
         self.bias_sizes = [c, c, k]
         self.num_classes = num_classes
         self.feature_proj = nn.Sequential(_group_norm(in_channels), nn.ReLU(inplace=True),
-                                          nn.Conv3d(in_channels, c, 1))
+                                          conv_op(in_channels, c, 1))
+        self.conv = F.conv3d if conv_op is nn.Conv3d else F.conv2d
         self.image_proj = nn.Sequential(_group_norm(bottleneck_channels), nn.ReLU(inplace=True))
         self.image_fc = nn.Linear(bottleneck_channels, CONTROLLER_WIDTH)
         if binary_code:  # the paper's binary-code MLP ablation
@@ -70,28 +76,27 @@ class HyperHead(nn.Module):
         base = [nn.init.kaiming_uniform_(torch.empty(n // c, c), a=5 ** 0.5 if i == 2 else 0).flatten()
                 for i, n in enumerate(self.weight_sizes)]
         self.base_params = nn.Parameter(torch.cat(base + [torch.zeros(sum(self.bias_sizes))]))
-        self._params: list[torch.Tensor] | None = None
 
-    def condition(self, bottleneck: torch.Tensor, code_embedding: torch.Tensor) -> None:
-        """Generate this batch's head parameters; `forward` (called by the decoder) consumes them."""
+    def generate(self, bottleneck: torch.Tensor, code_embedding: torch.Tensor) -> list[torch.Tensor]:
+        """The head's parameters for each sample; one embedding row is shared by the whole batch."""
         z_image = self.image_fc(self.image_proj(bottleneck).flatten(2).mean(2))
-        z_text = self.text_proj(code_embedding.to(z_image.dtype))
-        params = self.controller(torch.cat([z_text, z_image], 1)) + self.base_params
-        self._params = list(torch.split(params, self.weight_sizes + self.bias_sizes, dim=1))
+        z_text = self.text_proj(code_embedding.to(z_image.dtype)).expand(z_image.shape[0], -1)
+        params = self.controller(torch.cat([z_text, z_image], 1)) + self.base_params.to(z_image.dtype)
+        return list(torch.split(params, self.weight_sizes + self.bias_sizes, dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._params is None:
-            raise RuntimeError("HyperHead.forward called without condition(); call the HyperSegNetwork instead")
-        weights, biases = self._params[:3], self._params[3:]
-        self._params = None
+    def forward(self, x: torch.Tensor, bottleneck: torch.Tensor | None = None,
+                code_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        if bottleneck is None:
+            return x  # the decoder's call: features pass through to HyperSegNetwork
+        params = self.generate(bottleneck, code_embedding)
+        weights, biases = params[:3], params[3:]
         b, spatial = x.shape[0], x.shape[2:]
         h = self.feature_proj(x).reshape(1, -1, *spatial)
         ones = [1] * len(spatial)
-        conv = F.conv3d if len(spatial) == 3 else F.conv2d
         for i, (w, bias) in enumerate(zip(weights, biases)):
             out_c = w.shape[1] // HEAD_CHANNELS
-            h = conv(h, w.reshape(b * out_c, HEAD_CHANNELS, *ones).to(h.dtype), bias.reshape(-1).to(h.dtype),
-                     groups=b)
+            h = self.conv(h, w.reshape(b * out_c, HEAD_CHANNELS, *ones).to(h.dtype), bias.reshape(-1).to(h.dtype),
+                          groups=b)
             if i < 2:
                 h = F.relu(h)
         return h.reshape(b, self.num_classes, *spatial)
@@ -110,7 +115,7 @@ class HyperSegNetwork(nn.Module):
         last = self.decoder.seg_layers[-1]
         bottleneck_channels = self.encoder.output_channels[-1]
         self.decoder.seg_layers[-1] = HyperHead(last.in_channels, bottleneck_channels, embedding_dim, num_classes,
-                                                binary_code)
+                                                binary_code, type(last))
         # filled by the trainer (text embeddings), restored from checkpoints at inference
         self.register_buffer("code_table", torch.zeros(2 ** num_modalities - 1, embedding_dim))
         if binary_code:
@@ -126,8 +131,12 @@ class HyperSegNetwork(nn.Module):
         if code is None:
             code = self.code_override if self.code_override is not None else derive_code(x)
         skips = self.encoder(x)
-        self.hyper_head.condition(skips[-1], self.code_table[code_indices(code.to(x.device))])
-        out = self.decoder(skips)
+        out = self.decoder(skips)  # the highest resolution comes back as features (the head passes them)
+        embedding = self.code_table[code_indices(code.to(x.device))]
+        if isinstance(out, (list, tuple)):
+            out = [self.hyper_head(out[0], skips[-1], embedding), *out[1:]]
+        else:
+            out = self.hyper_head(out, skips[-1], embedding)
         return (out, skips) if return_features else out
 
 

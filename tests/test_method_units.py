@@ -254,3 +254,64 @@ def test_fill_missing_keeps_available_channels_bit_identical():
     assert torch.equal(filled[0, 1], recovered[0, 1])
     filled.sum().backward()
     assert recovered.grad[0, 1].abs().sum() > 0 and recovered.grad[0, 0].abs().sum() == 0
+
+
+# ---------------------------------------------------------------- ready for GPUs: stateless head, compile, bf16, 2d
+def _hyper(conv_dims: int = 3, deep_supervision: bool = True):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    conv = torch.nn.Conv3d if conv_dims == 3 else torch.nn.Conv2d
+    norm = torch.nn.InstanceNorm3d if conv_dims == 3 else torch.nn.InstanceNorm2d
+    unet = PlainConvUNet(4, 3, (8, 16, 32), conv, 3, (1, 2, 2), 1, 3, 1, True, norm, {"eps": 1e-5, "affine": True},
+                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
+    net = HyperSegNetwork(unet, 4, 3, embedding_dim=16)
+    net.code_table.copy_(torch.randn_like(net.code_table))
+    return net
+
+
+def test_one_code_for_a_batch_of_windows_and_2d():
+    torch.manual_seed(0)
+    net = _hyper().eval()
+    x = torch.randn(3, 4, 16, 16, 16)
+    one = torch.tensor([[1.0, 0, 1, 1]])
+    with torch.no_grad():
+        shared = net(x, one)[0]
+        each = net(x, one.expand(3, -1))[0]
+    assert torch.allclose(shared, each, atol=1e-6)
+    flat = _hyper(conv_dims=2).eval()  # nnU-Net's 2d configuration: the head's convolutions follow the planned ones
+    assert isinstance(flat.hyper_head.feature_proj[-1], torch.nn.Conv2d)
+    with torch.no_grad():
+        assert flat(torch.randn(2, 4, 16, 16), torch.ones(2, 4))[0].shape == (2, 3, 16, 16)
+
+
+def test_bfloat16_autocast_through_the_head_and_every_loss():
+    from nnunet_allstage.losses import multi_level_mad, reconstruction_loss
+    torch.manual_seed(0)
+    net = _hyper()
+    x = torch.randn(2, 4, 16, 16, 16)
+    code = torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, skips = net(x, code, return_features=True)
+        params = net.hyper_head.generate(skips[-1], net.code_table[code_indices(code)])
+        teacher_out, teacher_skips = net(x, torch.ones_like(code), return_features=True)
+        kd = multi_level_mad(skips[-2:], [s.detach() for s in teacher_skips[-2:]], teacher_out[0].detach(), 4, True)
+        rec, _ = reconstruction_loss(out[0].repeat(1, 2, 1, 1, 1)[:, :4], x, code, per_modality=True)
+        seg = torch.nn.functional.binary_cross_entropy_with_logits(out[0], (x[:, :3] > 0).float())
+    assert params[0].dtype == skips[-1].dtype == torch.bfloat16  # generated parameters follow the features
+    assert out[0].dtype == torch.bfloat16
+    for loss in (kd, rec, seg):
+        assert torch.isfinite(loss.float()).all()
+    (kd.float() + rec.float() + seg.float()).backward()
+    assert torch.isfinite(net.hyper_head.controller.weight.grad).all()
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_eager_outputs():
+    torch.manual_seed(0)
+    net = _hyper().eval()
+    x = torch.randn(2, 4, 16, 16, 16)
+    codes = [torch.tensor([[1.0, 0, 1, 1], [0, 1, 0, 0]]), torch.ones(2, 4)]
+    compiled = torch.compile(net)
+    with torch.no_grad():
+        for code in codes:  # a new code is new data, not a new graph
+            eager, fast = net(x, code), compiled(x, code)
+            assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(eager, fast))

@@ -256,3 +256,16 @@ def test_same_seed_same_weights(dataset, name, monkeypatch):
     first, again, other = two_steps("7"), two_steps("7"), two_steps("8")
     assert all(torch.equal(v, again[k]) for k, v in first.items())
     assert any(not torch.equal(v, other[k]) for k, v in first.items())
+
+
+def test_compiled_stage4_train_step(dataset, monkeypatch):
+    """Compiled as nnU-Net compiles on a GPU (its own rule keeps the CPU eager, so it is forced here)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    t = build("AllStageTrainer_1epoch")
+    assert hasattr(t.network, "_orig_mod")  # the student is a compiled module
+    t.load_predecessors()
+    before = params(t.network)
+    batch, available = noisy_batch(t)
+    out = t.train_step(batch)
+    assert np.isfinite(float(out["loss"])) and changed(before, t.network)

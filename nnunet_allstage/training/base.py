@@ -62,10 +62,6 @@ class AllStageTrainerBase(nnUNetTrainer):
     """nnU-Net's trainer plus availability handling. Subclasses override one thing each."""
 
     stage_name = "base"
-    # The hyper head hands per-batch parameters from its controller to the decoder through module state, which
-    # has not been verified under torch.compile: trainers with a hyper-network run eagerly.
-    allow_compile = True
-
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -86,9 +82,6 @@ class AllStageTrainerBase(nnUNetTrainer):
         self.was_resumed = False
         self._availability = None
         self._availability_index: dict[str, int] = {}
-
-    def _do_i_compile(self):
-        return self.allow_compile and super()._do_i_compile()
 
     # ------------------------------------------------------------------ availability
     def initialize(self):

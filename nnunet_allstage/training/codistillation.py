@@ -122,7 +122,6 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
     its own gradient clipping. ``network_weights`` holds the student alone."""
 
     stage_name = "stage 4 (data-model co-distillation)"
-    allow_compile = False
     stage2_trainer = "AllStageHyperTrainer"  # the student's start with student_init=stage2
     stage3_trainer = "AllStageMAEDATrainer"
     use_kd = True

@@ -47,7 +47,6 @@ class HyperNetworkMixin:
     """Fills the network's embedding table (CLIP prompts, or the binary codes) after the network is built."""
 
     binary_code = False
-    allow_compile = False
     own_options = ("clip_model", "clip_pretrained", "clip_weights")
 
     def initialize(self):
