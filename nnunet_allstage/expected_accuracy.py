@@ -73,8 +73,7 @@ def measure(model, dataset_name: str, fold, log=print) -> dict:
         data, preprocessed_props = _preprocess(model.predictor, files)
         for code in [code for c, code in work if c == case]:
             seg = predict_combination(model, data, preprocessed_props, code)
-            metrics = region_metrics(seg, reference[0], props["spacing"], regions)
-            scores[code].append({r: m for r, m in metrics.items()})
+            scores[code].append(region_metrics(seg, reference[0], props["spacing"], regions))
             bar.update()
     bar.close()
     per_combination = {}
