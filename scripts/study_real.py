@@ -244,14 +244,35 @@ def run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: 
     fingerprint = {"rows": [row.__dict__ for row in rows], "spacing": args.spacing, "epochs": args.epochs,
                    "iterations": args.iterations, "fm_ratio": args.fm_ratio}
     if args.resume and saved.is_file():
-        result = json.loads(saved.read_text())
-        if result["fingerprint"] == fingerprint:
+        result = rows_of_saved_seed(json.loads(saved.read_text()), fingerprint)
+        if result is not None:
             print(f"seed {seed}: evaluated before, read from {saved}")
-            return tuple(result["result"])
+            return result
     shutil.rmtree(workdir, ignore_errors=True)
     result = _run_seed(seed, rows, train_cases, test_root, workdir, args)
     saved.write_text(json.dumps({"fingerprint": fingerprint, "result": result}))
     return result
+
+
+def rows_of_saved_seed(saved: dict, fingerprint: dict) -> tuple | None:
+    """A saved seed's result for these rows, or None. A seed evaluated with more rows serves any subset of them:
+    rows are the same run when trainer, options and budget agree, whatever they were labelled."""
+    if {k: v for k, v in saved["fingerprint"].items() if k != "rows"} != \
+            {k: v for k, v in fingerprint.items() if k != "rows"}:
+        return None
+    saved_label = {}
+    for row in saved["fingerprint"]["rows"]:
+        saved_label.setdefault((row["trainer"], json.dumps(row["options"], sort_keys=True), row["budget"]),
+                               row["label"])
+    try:
+        labels = {row["label"]: saved_label[(row["trainer"], json.dumps(row["options"], sort_keys=True),
+                                             row["budget"])] for row in fingerprint["rows"]}
+    except KeyError:
+        return None
+    dice, hd95, minutes, summary, times = saved["result"]
+    summary = {**summary, "models": {new: summary["models"][old] for new, old in labels.items()}}
+    return ({new: dice[old] for new, old in labels.items()}, {new: hd95[old] for new, old in labels.items()},
+            {new: minutes[old] for new, old in labels.items()}, summary, times)
 
 
 def _run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: Path, args) -> tuple:
@@ -308,7 +329,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fm-ratio", type=float, default=0.25)
     parser.add_argument("--resume", action="store_true", help="keep --workdir and reuse the seeds already evaluated "
-                                                               "with the same rows and settings (add seeds later)")
+                                                               "with the same settings and these rows or more (add "
+                                                               "seeds later, or study fewer rows over more seeds)")
     parser.add_argument("--table-from", metavar="STUDY_SUMMARY_JSON",
                         help="print the table of a finished study again (no training), e.g. with --reference")
     parser.add_argument("--reference", type=int, default=1, help="the row (1-based) the differences are taken to")

@@ -58,3 +58,25 @@ def test_table_paired_differences_by_hand(tmp_path):
                           "--reference", "2"], capture_output=True, text=True, check=True).stdout
     row_a = next(line for line in out.splitlines() if line.startswith("| A |"))
     assert f"-{diffs.mean():.1f} ± {se:.1f}" in row_a and "| 1/3 |" in row_a and "Δ avg vs row 2" in out
+
+
+def test_resume_reads_a_subset_of_the_rows_a_seed_was_evaluated_with():
+    full = [study_real.Row("stage 2 alone", "AllStageHyperTrainer"), study_real.Row("full method", "AllStageTrainer"),
+            study_real.Row("g slow", "AllStageTrainer", {"recovery_lr_scale": "0.03"})]
+    settings = {"spacing": 4.0, "epochs": 8, "iterations": 16, "fm_ratio": 0.25}
+    result = [{r.label: {"c1": {"avg": i / 10}} for i, r in enumerate(full)},
+              {r.label: 10.0 + i for i, r in enumerate(full)}, {r.label: [1.0, 2.0] for r in full},
+              {"regions": ["WT"], "models": {r.label: {"i": i} for i, r in enumerate(full)}}, {"training_min": 1}]
+    saved = {"fingerprint": {"rows": [r.__dict__ for r in full], **settings}, "result": result}
+    # the same runs under another ladder's labels, fewer of them
+    wanted = [study_real.Row("stage 4 (deployed)", "AllStageTrainer"), study_real.Row("teacher", "AllStageHyperTrainer")]
+    dice, hd95, minutes, summary, _ = study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in wanted],
+                                                                            **settings})
+    assert dice == {"stage 4 (deployed)": {"c1": {"avg": 0.1}}, "teacher": {"c1": {"avg": 0.0}}}
+    assert hd95 == {"stage 4 (deployed)": 11.0, "teacher": 10.0}
+    assert summary["models"] == {"stage 4 (deployed)": {"i": 1}, "teacher": {"i": 0}} and summary["regions"] == ["WT"]
+    # a row it never ran, or other settings, mean training again
+    other_options = [study_real.Row("x", "AllStageTrainer", {"student_init": "stage2"})]
+    assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in other_options], **settings}) is None
+    assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in wanted],
+                                                 **{**settings, "epochs": 4}}) is None
