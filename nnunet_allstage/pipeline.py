@@ -13,6 +13,7 @@ from pathlib import Path
 from nnunet_allstage.environment import trainer_shim_dir
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.planning import dataset_name_from_id, require_nnunet_paths
+from nnunet_allstage.training import SCHEDULES, trainer_class
 
 STAGES = [("stage 1: MAE pre-training", "AllStageMAETrainer"),
           ("stage 2: hyper-network segmentation", "AllStageHyperTrainer"),
@@ -21,7 +22,6 @@ STAGES = [("stage 1: MAE pre-training", "AllStageMAETrainer"),
 BINARY_NAMES = {"AllStageHyperTrainer": "AllStageHyperTrainer_Binary", "AllStageMAEDATrainer":
                 "AllStageMAEDATrainer_Binary", "AllStageTrainer": "AllStageTrainer_Binary"}
 BASELINE = [("baseline: nnU-Net + modality dropout", "AllStageDropoutTrainer")]
-SCHEDULES = ("", "1epoch", "5epochs", "50epochs")
 
 
 @dataclass
@@ -41,8 +41,8 @@ class Stage:
 
 def stages_for(dataset_id: int, fold: str, configuration: str, plans: str, schedule: str = "", baseline: bool = False,
                binary: bool = False) -> list[Stage]:
-    if schedule not in SCHEDULES:
-        raise AllStageError(f"--schedule must be one of {', '.join(s for s in SCHEDULES if s)}")
+    if schedule and schedule not in SCHEDULES:
+        raise AllStageError(f"--schedule must be one of {', '.join(SCHEDULES)}")
     results = require_nnunet_paths("nnUNet_results")["nnUNet_results"]
     name = dataset_name_from_id(dataset_id)
     suffix = f"_{schedule}" if schedule else ""
@@ -76,10 +76,9 @@ def check_done_stage(stage: Stage, config) -> None:
     """A finished stage counts as done only if it was trained with the options that matter as they are now."""
     from nnunet_allstage.checkpoints import safe_load
     from nnunet_allstage.config import check_same_options
-    from nnunet_allstage.training import trainers
     checkpoint = stage.folder / "checkpoint_final.pth"
     recorded = safe_load(checkpoint).get("allstage", {}).get("options", {})
-    check_same_options(recorded, config, getattr(trainers, stage.trainer).options_that_matter(),
+    check_same_options(recorded, config, trainer_class(stage.trainer).options_that_matter(),
                        f"{stage.title} ({checkpoint})",
                        f"set the options as they were, or move {stage.folder} away to train it again")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.training import SCHEDULES
 
 
 def _device(name: str):
@@ -111,7 +112,7 @@ def add_commands(sub) -> None:
     p.add_argument("-p", default="nnUNetPlans")
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("-num_gpus", type=int, default=1)
-    p.add_argument("--schedule", default="", choices=["", "1epoch", "5epochs", "50epochs"],
+    p.add_argument("--schedule", default="", choices=["", *SCHEDULES],
                    help="short variants for quick runs")
     p.add_argument("--baseline", action="store_true", help="train the nnU-Net + modality dropout baseline instead")
     p.add_argument("--binary", action="store_true", help="binary-code encoder instead of CLIP (needs no CLIP)")

@@ -36,6 +36,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from nnunet_allstage.training import trainer_class  # noqa: E402
+
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "brats2018_sample" / "MICCAI_BraTS_2018_Data_Training"
 HELD_BACK = ("Brats18_2013_3_1", "Brats18_CBICA_AME_1", "Brats18_TCIA01_425_1", "Brats18_TCIA10_637_1")
 STUDY_DATASET_ID = 902
@@ -100,11 +102,6 @@ def select_rows(ladder: str, spec: str | None) -> list[Row]:
         if row not in rows:
             rows.append(row)
     return rows
-
-
-def trainer_class(name: str):
-    import nnunet_allstage.training.trainers as trainers
-    return getattr(trainers, name)
 
 
 def config_with(options: dict):

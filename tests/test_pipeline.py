@@ -3,10 +3,11 @@ import subprocess
 
 import pytest
 
-import nnunet_allstage.training.trainers  # noqa: F401  (imported before subprocess.run is replaced)
-
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.pipeline import run_pipeline, stages_for
+from nnunet_allstage.training import trainer_classes
+
+trainer_classes()  # nnU-Net's training stack is imported before the tests replace subprocess.run
 
 
 def _dataset(nnunet_env):

@@ -23,14 +23,8 @@ from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_rec
                                         read_availability, write_availability)
 from nnunet_allstage.networks import network_code, unwrap
 from nnunet_allstage.planning import check_preprocessed_availability
+from nnunet_allstage.training import schedule_suffix, trainer_class
 from nnunet_allstage.training.optim import segmentation_optimizer
-
-SCHEDULE_SUFFIXES = {"_1epoch": 1, "_5epochs": 5, "_50epochs": 50}
-
-
-def schedule_suffix(class_name: str) -> str:
-    return next((s for s in SCHEDULE_SUFFIXES if class_name.endswith(s)), "")
-
 
 def seed_everything(seed: int) -> None:
     """Reproducible runs: the same seed gives the same weights (on the same machine, thread count and device;
@@ -62,14 +56,15 @@ class AllStageTrainerBase(nnUNetTrainer):
     """nnU-Net's trainer plus availability handling. Subclasses override one thing each."""
 
     stage_name = "base"
+    schedule_epochs: int | None = None  # set by the short-schedule variants
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.allstage_config: AllStageConfig = load_config(self.preprocessed_dataset_folder_base)
         self.modality_names = modality_names_from_dataset_json(dataset_json)
-        suffix = schedule_suffix(type(self).__name__)
-        if suffix:
-            self.num_epochs = SCHEDULE_SUFFIXES[suffix]
+        if self.schedule_epochs:
+            self.num_epochs = self.schedule_epochs
         cfg = self.allstage_config
         if cfg.num_epochs:
             self.num_epochs = cfg.num_epochs
@@ -226,14 +221,13 @@ class AllStageTrainerBase(nnUNetTrainer):
     def load_predecessor(self, stage: int, trainer_base_name: str) -> tuple[dict, Path]:
         """The predecessor's network weights and checkpoint path, loaded safely, after checking that it was trained with the options that
         matter to it as this run has them."""
-        from nnunet_allstage.training import trainers
         path = self.predecessor_checkpoint(stage, trainer_base_name)
         checkpoint = safe_load(path)
         recorded = checkpoint.get("allstage", {}).get("options")
         if recorded is None:
             self.print_to_log_file(f"note: {path} records no nnunet-allstage options; not checked")
         else:
-            names = getattr(trainers, trainer_base_name).options_that_matter()
+            names = trainer_class(trainer_base_name).options_that_matter()
             check_same_options(recorded, self.allstage_config, names, f"stage {stage} ({path})",
                                f"retrain {trainer_base_name} with this run's options, or run this stage with the "
                                f"options it had")
@@ -241,7 +235,7 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     def predecessor_checkpoint(self, stage: int, trainer_base_name: str) -> Path:
         explicit = getattr(self.allstage_config, f"stage{stage}_checkpoint")
-        trainer_name = trainer_base_name + schedule_suffix(type(self).__name__)
+        trainer_name = trainer_base_name + schedule_suffix(self.schedule_epochs)
         if explicit:
             path = Path(explicit)
             if not path.is_file():

@@ -305,3 +305,124 @@ class AllStageTrainer_NoHyperTeacher_Binary(AllStageTrainer_Binary):
     hyper-network (the Table-4 "MAE baseline" model, AllStageMAEFinetuneTrainer), fed g's fill-ins."""
     teacher_trainer = "AllStageMAEFinetuneTrainer"
     teacher_is_hyper = False
+
+
+# Short schedules, named as nnU-Net names its own; a stage starts from its predecessor's variant of the same schedule.
+class AllStageMAEDATrainer_1epoch(AllStageMAEDATrainer):
+    schedule_epochs = 1
+
+
+class AllStageMAEDATrainer_5epochs(AllStageMAEDATrainer):
+    schedule_epochs = 5
+
+
+class AllStageMAEDATrainer_50epochs(AllStageMAEDATrainer):
+    schedule_epochs = 50
+
+
+class AllStageMAEDATrainer_Binary_1epoch(AllStageMAEDATrainer_Binary):
+    schedule_epochs = 1
+
+
+class AllStageMAEDATrainer_Binary_5epochs(AllStageMAEDATrainer_Binary):
+    schedule_epochs = 5
+
+
+class AllStageMAEDATrainer_Binary_50epochs(AllStageMAEDATrainer_Binary):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_1epoch(AllStageTrainer):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_5epochs(AllStageTrainer):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_50epochs(AllStageTrainer):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_Binary_1epoch(AllStageTrainer_Binary):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_Binary_5epochs(AllStageTrainer_Binary):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_Binary_50epochs(AllStageTrainer_Binary):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_NoKD_1epoch(AllStageTrainer_NoKD):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_NoKD_5epochs(AllStageTrainer_NoKD):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_NoKD_50epochs(AllStageTrainer_NoKD):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_NoDataRefinement_1epoch(AllStageTrainer_NoDataRefinement):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_NoDataRefinement_5epochs(AllStageTrainer_NoDataRefinement):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_NoDataRefinement_50epochs(AllStageTrainer_NoDataRefinement):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_NoHyperTeacher_1epoch(AllStageTrainer_NoHyperTeacher):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_NoHyperTeacher_5epochs(AllStageTrainer_NoHyperTeacher):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_NoHyperTeacher_50epochs(AllStageTrainer_NoHyperTeacher):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_ModelDistNoMAE_Binary_1epoch(AllStageTrainer_ModelDistNoMAE_Binary):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_ModelDistNoMAE_Binary_5epochs(AllStageTrainer_ModelDistNoMAE_Binary):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_ModelDistNoMAE_Binary_50epochs(AllStageTrainer_ModelDistNoMAE_Binary):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_NoDataRefinement_Binary_1epoch(AllStageTrainer_NoDataRefinement_Binary):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_NoDataRefinement_Binary_5epochs(AllStageTrainer_NoDataRefinement_Binary):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_NoDataRefinement_Binary_50epochs(AllStageTrainer_NoDataRefinement_Binary):
+    schedule_epochs = 50
+
+
+class AllStageTrainer_NoHyperTeacher_Binary_1epoch(AllStageTrainer_NoHyperTeacher_Binary):
+    schedule_epochs = 1
+
+
+class AllStageTrainer_NoHyperTeacher_Binary_5epochs(AllStageTrainer_NoHyperTeacher_Binary):
+    schedule_epochs = 5
+
+
+class AllStageTrainer_NoHyperTeacher_Binary_50epochs(AllStageTrainer_NoHyperTeacher_Binary):
+    schedule_epochs = 50

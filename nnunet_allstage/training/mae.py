@@ -116,3 +116,16 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
             loss = reconstruction_loss(reconstruction, data, available)
         self.optimizer_step(loss, self.network)
         return {"loss": loss.detach().cpu().numpy()}
+
+
+# Short schedules, named as nnU-Net names its own; a stage starts from its predecessor's variant of the same schedule.
+class AllStageMAETrainer_1epoch(AllStageMAETrainer):
+    schedule_epochs = 1
+
+
+class AllStageMAETrainer_5epochs(AllStageMAETrainer):
+    schedule_epochs = 5
+
+
+class AllStageMAETrainer_50epochs(AllStageMAETrainer):
+    schedule_epochs = 50

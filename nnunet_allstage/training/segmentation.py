@@ -128,3 +128,100 @@ class AllStageDAHyperTrainer_Binary(AllStageHyperTrainer_Binary):
     stage_name = "ablation: +binary-code hyper-network (from stage 3, no teacher)"
     init_stage = 3
     init_trainer = "AllStageMAEDATrainer_Binary"
+
+
+# Short schedules, named as nnU-Net names its own; a stage starts from its predecessor's variant of the same schedule.
+class AllStageDropoutTrainer_1epoch(AllStageDropoutTrainer):
+    schedule_epochs = 1
+
+
+class AllStageDropoutTrainer_5epochs(AllStageDropoutTrainer):
+    schedule_epochs = 5
+
+
+class AllStageDropoutTrainer_50epochs(AllStageDropoutTrainer):
+    schedule_epochs = 50
+
+
+class AllStageHyperTrainer_1epoch(AllStageHyperTrainer):
+    schedule_epochs = 1
+
+
+class AllStageHyperTrainer_5epochs(AllStageHyperTrainer):
+    schedule_epochs = 5
+
+
+class AllStageHyperTrainer_50epochs(AllStageHyperTrainer):
+    schedule_epochs = 50
+
+
+class AllStageHyperTrainer_Binary_1epoch(AllStageHyperTrainer_Binary):
+    schedule_epochs = 1
+
+
+class AllStageHyperTrainer_Binary_5epochs(AllStageHyperTrainer_Binary):
+    schedule_epochs = 5
+
+
+class AllStageHyperTrainer_Binary_50epochs(AllStageHyperTrainer_Binary):
+    schedule_epochs = 50
+
+
+class AllStageMAEFinetuneTrainer_1epoch(AllStageMAEFinetuneTrainer):
+    schedule_epochs = 1
+
+
+class AllStageMAEFinetuneTrainer_5epochs(AllStageMAEFinetuneTrainer):
+    schedule_epochs = 5
+
+
+class AllStageMAEFinetuneTrainer_50epochs(AllStageMAEFinetuneTrainer):
+    schedule_epochs = 50
+
+
+class AllStageDAFinetuneTrainer_1epoch(AllStageDAFinetuneTrainer):
+    schedule_epochs = 1
+
+
+class AllStageDAFinetuneTrainer_5epochs(AllStageDAFinetuneTrainer):
+    schedule_epochs = 5
+
+
+class AllStageDAFinetuneTrainer_50epochs(AllStageDAFinetuneTrainer):
+    schedule_epochs = 50
+
+
+class AllStageDAFinetuneTrainer_Binary_1epoch(AllStageDAFinetuneTrainer_Binary):
+    schedule_epochs = 1
+
+
+class AllStageDAFinetuneTrainer_Binary_5epochs(AllStageDAFinetuneTrainer_Binary):
+    schedule_epochs = 5
+
+
+class AllStageDAFinetuneTrainer_Binary_50epochs(AllStageDAFinetuneTrainer_Binary):
+    schedule_epochs = 50
+
+
+class AllStageDAHyperTrainer_1epoch(AllStageDAHyperTrainer):
+    schedule_epochs = 1
+
+
+class AllStageDAHyperTrainer_5epochs(AllStageDAHyperTrainer):
+    schedule_epochs = 5
+
+
+class AllStageDAHyperTrainer_50epochs(AllStageDAHyperTrainer):
+    schedule_epochs = 50
+
+
+class AllStageDAHyperTrainer_Binary_1epoch(AllStageDAHyperTrainer_Binary):
+    schedule_epochs = 1
+
+
+class AllStageDAHyperTrainer_Binary_5epochs(AllStageDAHyperTrainer_Binary):
+    schedule_epochs = 5
+
+
+class AllStageDAHyperTrainer_Binary_50epochs(AllStageDAHyperTrainer_Binary):
+    schedule_epochs = 50
