@@ -23,7 +23,8 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
 
 
 def _conversion_kwargs(args) -> dict:
-    from nnunet_allstage.conversion import default_num_processes, load_split
+    from nnunet_allstage.conversion.dataset import default_num_processes
+    from nnunet_allstage.conversion.splits import load_split
     return dict(dataset_id=args.dataset_id, split=load_split(args.split_file) if args.split_file else None,
                 split_seed=args.seed, fm_ratio=args.fm_ratio, seed=args.seed, skip_bad=args.skip_bad,
                 force=args.force, num_processes=args.np or default_num_processes())
@@ -73,7 +74,7 @@ def cmd_convert_folder(args) -> None:
 
 def cmd_plan(args) -> None:
     from nnunet_allstage.planning import plan_dataset
-    from nnunet_allstage.conversion import default_num_processes
+    from nnunet_allstage.conversion.dataset import default_num_processes
     plan_dataset(args.dataset_id, configurations=args.c, planner=args.pl, target_spacing=args.target_spacing,
                  plans_name=args.p, num_processes=args.np or default_num_processes(),
                  gpu_memory_target_gb=args.gpu_memory_target)

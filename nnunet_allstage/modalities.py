@@ -1,4 +1,5 @@
-"""Modalities, availability codes, the 2^M - 1 input combinations, prompts and `modality_availability.json`.
+"""Modalities and availability: codes, the 2^M - 1 input combinations, prompts, `modality_availability.json`
+and the simulation of missing modalities at a full-modality (FM) ratio.
 
 A case's availability is a vector ``a`` in {0,1}^M (1 = the modality is present). Two orders are used:
 
@@ -39,8 +40,8 @@ def combinations(num_modalities: int) -> list[tuple[int, ...]]:
     """All non-empty availability codes in report order (see module docstring)."""
     combos = []
     for k in range(1, num_modalities + 1):
-        for present in itertools.combinations(range(num_modalities), k):
-            combos.append(tuple(int(i in present) for i in range(num_modalities)))
+        for subset in itertools.combinations(range(num_modalities), k):
+            combos.append(tuple(int(i in subset) for i in range(num_modalities)))
     return combos
 
 
@@ -80,10 +81,10 @@ def code_markers(code: Sequence[int]) -> str:
 
 def prompt(code: Sequence[int], names: Sequence[str]) -> str:
     """The text prompt of METHOD.md: 'The input MRI modalities are FLAIR, T1c and T2.'"""
-    present = code_to_subset(code, names)
-    if not present:
+    available = code_to_subset(code, names)
+    if not available:
         raise ValueError("the empty modality set has no prompt")
-    listed = present[0] if len(present) == 1 else ", ".join(present[:-1]) + " and " + present[-1]
+    listed = available[0] if len(available) == 1 else ", ".join(available[:-1]) + " and " + available[-1]
     return f"The input MRI modalities are {listed}."
 
 
@@ -153,11 +154,49 @@ def read_availability(folder_or_file: str | os.PathLike) -> dict:
     return record
 
 
-def availability_matrix(record: dict, keys: Sequence[str]) -> np.ndarray:
-    """(len(keys), M) float32 availability, for the cases of imagesTr and imagesTs."""
-    table = {**record.get("test_cases", {}), **record["cases"]}
-    missing = [k for k in keys if k not in table]
-    if missing:
-        raise AllStageError(f"{AVAILABILITY_FILE} has no entry for case {missing[0]} "
-                            f"({len(missing)} case(s) missing); re-run `nnunet-allstage plan`")
-    return np.array([table[k] for k in keys], dtype=np.float32)
+def simulate_full_modality_ratio(in_source: dict[str, tuple[int, ...]], fm_ratio: float, seed: int,
+                                 modalities: Sequence[str]) -> dict:
+    """METHOD.md, for one group of subjects: a fraction ``fm_ratio`` keeps all modalities (``round(R * N)``, at
+    least one subject when the ratio is > 0; Python rounding, halves to even); every other subject loses k
+    modalities, k uniform in {1, ..., M-1}, then a uniform random subset of that size. Subjects already missing
+    modalities in the source are never counted as full-modality and always keep at least one modality."""
+    if not 0.0 <= fm_ratio <= 1.0:
+        raise AllStageError(f"--fm-ratio must lie in [0, 1], got {fm_ratio}")
+    m = len(modalities)
+    rng = np.random.default_rng(seed)
+    ids = sorted(in_source)
+    complete = [c for c in ids if all(in_source[c])]
+    n_fm = 0 if fm_ratio == 0 or not ids else max(1, int(round(fm_ratio * len(ids))))
+    if n_fm > len(complete):
+        raise AllStageError(f"--fm-ratio {fm_ratio} asks for {n_fm} full-modality subjects, but only "
+                            f"{len(complete)} of {len(ids)} have every modality in the source")
+    full = set(rng.choice(complete, size=n_fm, replace=False).tolist()) if n_fm else set()
+    dropped = {}
+    for c in ids:
+        if c in full:
+            continue
+        while True:
+            k = int(rng.integers(1, m))
+            drop = sorted(rng.choice(m, size=k, replace=False).tolist())
+            if any(in_source[c][i] and i not in drop for i in range(m)):
+                break
+        dropped[c] = [modalities[i] for i in drop]
+    return {"full_modality_cases": sorted(full), "dropped": dropped}
+
+
+def simulate_missing_modalities(in_source: dict[str, tuple[int, ...]], parts: dict, fm_ratio: float, seed: int,
+                                modalities: Sequence[str]) -> dict:
+    """The paper's FM ratio: "we randomly select subjects from the train set according to the FM ratio". The
+    training subjects are drawn on their own (``round(R * N_train)``), the validation subjects separately with the
+    same rule (an independent stream of the same seed), so the count of full-modality training subjects never
+    depends on the validation set."""
+    groups = {part: simulate_full_modality_ratio({c: in_source[c] for c in parts[part]}, fm_ratio,
+                                                 seed if part == "train" else seed + 7919, modalities)
+              for part in ("train", "val")}
+    return {"fm_ratio": fm_ratio, "seed": seed, "applies_to": "train and val, each drawn separately",
+            "rule": "round(fm_ratio*N) subjects (>=1 if ratio>0) keep all, N per part; others drop k~U{1..M-1} "
+                    "modalities",
+            "full_modality_cases": sorted(groups["train"]["full_modality_cases"] + groups["val"]["full_modality_cases"]),
+            "full_modality_train_cases": groups["train"]["full_modality_cases"],
+            "full_modality_val_cases": groups["val"]["full_modality_cases"],
+            "dropped": {**groups["train"]["dropped"], **groups["val"]["dropped"]}}

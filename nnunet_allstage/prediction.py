@@ -14,17 +14,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from nnunet_allstage.conversion import (BRATS_MODALITIES, _case_folders, _nifti_stem_suffix, brats_layout,
-                                        detect_brats_year, discover_brats_cases)
+from nnunet_allstage.conversion.labels import relabel
+from nnunet_allstage.conversion.sources import brats_layout, detect_brats_year, discover_brats_cases
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.expected_accuracy import expectation_for, load_expected
 from nnunet_allstage.image_io import geometry, read_image, same_grid
-from nnunet_allstage.modalities import code_label
+from nnunet_allstage.modalities import BRATS_MODALITIES, code_label, modality_names_from_dataset_json
 from nnunet_allstage.networks import network_code
 
 
@@ -102,7 +101,7 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
     """Predicts every case; returns {case: 'ok' or the error}."""
     p = model.predictor
     file_ending = p.dataset_json["file_ending"]
-    names = [p.dataset_json["channel_names"][k] for k in sorted(p.dataset_json["channel_names"], key=int)]
+    names = modality_names_from_dataset_json(p.dataset_json)
     cases, year = find_input_cases(input_folder, file_ending, names)
     output_folder.mkdir(parents=True, exist_ok=True)
     warning = model.warning()
@@ -125,10 +124,7 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
                 with network_code(p.network, torch.tensor([code], dtype=torch.float32, device=p.device)):
                     seg = p.predict_single_npy_array(image, props, None, None, False)
                 if label_map is not None:
-                    lut = np.zeros(max(label_map) + 1, dtype=np.uint8)
-                    for k, v in label_map.items():
-                        lut[k] = v
-                    seg = lut[seg]
+                    seg = relabel(seg, label_map)
                 rw.write_seg(seg, str(output_folder / f"{case.case_id}{file_ending}"), props)
                 combination = code_label(code, names)
                 log(f"{case.case_id}: predicted from {combination}")

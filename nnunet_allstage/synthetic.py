@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_allstage.conversion.labels import BRATS_LEGACY_LABELS
+
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
 TISSUE_INTENSITY = {  # FLAIR, T1, T1c, T2
     "wm": (0.45, 0.85, 0.85, 0.35),
@@ -34,7 +36,6 @@ TISSUE_INTENSITY = {  # FLAIR, T1, T1c, T2
     "necrosis": (0.70, 0.30, 0.15, 1.15),
     "enhancing": (0.80, 0.55, 1.60, 0.70),
 }
-BRATS_LABEL = {"edema": 2, "necrosis": 1, "enhancing": 4}
 DEFAULT_SHAPE = (64, 72, 56)  # x, y, z voxels at 1 mm
 
 
@@ -77,7 +78,7 @@ def make_case(seed: int, shape=DEFAULT_SHAPE) -> tuple[dict[str, np.ndarray], np
                "necrosis": (d < core_r * rng.uniform(0.45, 0.65)) & brain}
     for name in ("edema", "enhancing", "necrosis"):  # inner regions overwrite outer ones
         tissue[regions[name]] = code[name]
-        labels[regions[name]] = BRATS_LABEL[name]
+        labels[regions[name]] = BRATS_LEGACY_LABELS[name]
 
     images = {}
     for channel, seq in enumerate(SEQUENCES):

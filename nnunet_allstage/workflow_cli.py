@@ -59,7 +59,7 @@ def cmd_predict(args) -> None:
 def _brats_year(value: str, folder: Path) -> str:
     if value != "auto":
         return value
-    from nnunet_allstage.conversion import detect_brats_year
+    from nnunet_allstage.conversion.sources import detect_brats_year
     try:
         return detect_brats_year(folder)
     except AllStageError:

@@ -107,7 +107,6 @@ def main() -> None:
         os.environ["nnUNet_results"] = str(workdir / "nnUNet_results")
         apply_default_env()
     import os
-    import torch
     os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
     if args.child:
         return child(args)

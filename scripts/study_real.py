@@ -191,7 +191,7 @@ def ladder_table(rows: list[Row], per_seed: list[dict], hd95_per_seed: list[dict
     first = rows[reference].label
     n_seeds = len(per_seed)
     cases = sorted(per_seed[0][first])
-    lines = [f"| Row | " + " | ".join(f"Dice {r}" for r in regions) + f" | Dice avg | Δ avg vs row {reference + 1} | "
+    lines = ["| Row | " + " | ".join(f"Dice {r}" for r in regions) + f" | Dice avg | Δ avg vs row {reference + 1} | "
              f"paired Δ per case (± s.e., n={len(cases)}) | wins | HD95 avg (mm) | train min (own / chain) |",
              "|---|" + "---|" * (len(regions) + 6)]
     for row in rows:
@@ -336,7 +336,7 @@ def main() -> None:
         return reprint_table(Path(args.table_from), args.reference - 1)
     start = time.time()
 
-    from nnunet_allstage.conversion import brats_layout, detect_brats_year, discover_brats_cases
+    from nnunet_allstage.conversion.sources import brats_layout, detect_brats_year, discover_brats_cases
     from nnunet_allstage.environment import apply_default_env
     from nnunet_allstage.errors import AllStageError
 

@@ -7,10 +7,12 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_allstage.cli import main
-from nnunet_allstage.conversion import (convert_brats, detect_brats_year, load_split, simulate_full_modality_ratio,
-                                        simulate_missing_modalities)
+from nnunet_allstage.conversion import convert_brats
+from nnunet_allstage.conversion.sources import brats_layout, detect_brats_year, discover_brats_cases
+from nnunet_allstage.conversion.splits import load_split
 from nnunet_allstage.errors import AllStageError
-from nnunet_allstage.modalities import BRATS_MODALITIES, read_availability
+from nnunet_allstage.modalities import (BRATS_MODALITIES, read_availability, simulate_full_modality_ratio,
+                                        simulate_missing_modalities)
 
 LEGACY_SUFFIX = {"FLAIR": "flair", "T1": "t1", "T1c": "t1ce", "T2": "t2"}
 
@@ -31,8 +33,6 @@ def _nothing_left(root: Path):
 
 
 def test_convert_real_sample_with_split_and_fm_ratio(nnunet_env, brats_sample):
-    from nnunet_allstage.conversion import brats_layout
-    from nnunet_allstage.conversion import discover_brats_cases
     convert_brats(brats_sample, dataset_id=901, split=load_split("brats2018"), fm_ratio=0.25, seed=0,
                   num_processes=2)
     ds = _dataset(nnunet_env, 901)
@@ -288,7 +288,7 @@ def test_existing_dataset_needs_force_and_interrupt_leaves_nothing(nnunet_env, s
     assert "--force" in capsys.readouterr().err
     assert sorted(p.name for p in (nnunet_env / "nnUNet_raw").iterdir()) == before
 
-    import nnunet_allstage.conversion as conv
+    import nnunet_allstage.conversion.dataset as conv
     calls = {"n": 0}
     original = conv.write_case
 

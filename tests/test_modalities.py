@@ -1,7 +1,7 @@
 import pytest
 
 from nnunet_allstage.errors import AllStageError
-from nnunet_allstage.modalities import (BRATS_MODALITIES, availability_matrix, code_label, code_markers,
+from nnunet_allstage.modalities import (BRATS_MODALITIES, code_label, code_markers,
                                         code_to_index, combinations, index_to_code, make_availability_record,
                                         modality_names_from_dataset_json, prompt, prompts_in_bit_order,
                                         read_availability, subset_to_code, write_availability)
@@ -54,10 +54,6 @@ def test_availability_roundtrip_and_validation(tmp_path):
     write_availability(rec, tmp_path)
     back = read_availability(tmp_path)
     assert back["cases"] == {"x": [1, 0, 1], "y": [1, 1, 1]}
-    m = availability_matrix(back, ["y", "x", "t"])
-    assert m.tolist() == [[1, 1, 1], [1, 0, 1], [1, 1, 1]]
-    with pytest.raises(AllStageError, match="case z"):
-        availability_matrix(back, ["z"])
     with pytest.raises(AllStageError, match="no available modality"):
         make_availability_record(("A", "B"), {"x": [0, 0]})
     with pytest.raises(AllStageError, match="not a 0/1 vector"):

@@ -116,7 +116,7 @@ def test_stage1_resume_with_c(workspace):
 
 
 def test_stage2_hyper_and_stock_prediction(workspace):
-    result = train(workspace, "AllStageHyperTrainer_1epoch")
+    train(workspace, "AllStageHyperTrainer_1epoch")
     folder = output_folder(workspace, "AllStageHyperTrainer_1epoch")
     log = next(folder.glob("training_log_*.txt")).read_text()
     assert "initialised from stage 1" in log and "tensors loaded" in log

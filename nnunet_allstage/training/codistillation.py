@@ -13,7 +13,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.losses import multi_level_mad, reconstruction_loss
 from nnunet_allstage.masking import fill_missing, mask_input, zero_missing
-from nnunet_allstage.networks import HyperSegNetwork, forward_with_features, transfer_weights
+from nnunet_allstage.networks import forward_with_features, transfer_weights
 from nnunet_allstage.training.base import AllStageTrainerBase, SegmentationOptimizerMixin, unwrap
 from nnunet_allstage.training.mae import AllStageMAETrainer
 from nnunet_allstage.training.segmentation import (AllStageHyperTrainer, AllStageHyperTrainer_Binary, HyperNetworkMixin,

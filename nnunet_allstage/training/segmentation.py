@@ -1,8 +1,6 @@
 """Stage 2 (the hyper-network segmentation model f) and the nnU-Net + modality-dropout baseline."""
 from __future__ import annotations
 
-import torch
-
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_allstage.networks import HyperSegNetwork, transfer_weights
