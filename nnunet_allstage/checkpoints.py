@@ -9,18 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.private_api import numpy_checkpoint_globals
 
 RANDOM_CLIP_MARK = "RANDOM-WEIGHT CLIP"  # in the code-table description of a random-weight CLIP run
-
-
-def _numpy_allow_list() -> list:
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
 def safe_load(path: str | os.PathLike) -> dict:
@@ -29,7 +23,7 @@ def safe_load(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise AllStageError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(_numpy_allow_list()):
+        with torch.serialization.safe_globals(numpy_checkpoint_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or others depending on the content
         reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__

@@ -24,7 +24,8 @@ DEMO_ITERATIONS = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "5", "NNUNET_ALLSTAGE
 
 
 def run_demo(workdir: Path, num_cases: int = 12, num_processes: int = 2, log=print) -> dict:
-    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model, model_folder
+    from nnunet_allstage.environment import model_folder
+    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
     from nnunet_allstage.modalities import combinations
     from nnunet_allstage.pipeline import run_pipeline
     import torch

@@ -35,3 +35,27 @@ def apply_default_env(base: Path | None = None) -> None:
     for name in NNUNET_FOLDERS:
         os.environ.setdefault(name, str(base / name))
     os.environ.setdefault("nnUNet_def_n_proc", str(os.cpu_count() or 1))
+
+
+def nnunet_folder(name: str) -> Path:
+    """nnUNet_raw, nnUNet_preprocessed or nnUNet_results as set now (nnunetv2.paths reads them once, at import,
+    and our commands and tests set them later)."""
+    from nnunet_allstage.errors import AllStageError
+    if not os.environ.get(name):
+        raise AllStageError(f"{name} is not set; run `eval \"$(nnunet-allstage env)\"` or export it yourself")
+    return Path(os.environ[name])
+
+
+def dataset_name_from_id(dataset_id: int) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    from nnunet_allstage.errors import AllStageError
+    try:
+        return convert_id_to_dataset_name(dataset_id)
+    except RuntimeError:
+        raise AllStageError(f"no dataset with id {dataset_id} in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
+                            f"convert one first (nnunet-allstage convert-brats / convert-folder)") from None
+
+
+def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
+    """A trained model's folder, named as nnU-Net's get_output_folder names it, under nnUNet_results as set now."""
+    return nnunet_folder("nnUNet_results") / dataset_name / f"{trainer}__{plans}__{configuration}"

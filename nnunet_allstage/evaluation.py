@@ -22,7 +22,8 @@ from nnunet_allstage.checkpoints import is_random_clip, load_predictor
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.image_io import verify_image_file
 from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
-from nnunet_allstage.modalities import code_label, code_markers, combinations, subset_to_code
+from nnunet_allstage.modalities import (code_label, code_markers, combinations, modality_names_from_dataset_json,
+                                        subset_to_code)
 from nnunet_allstage.networks import network_code
 
 
@@ -43,13 +44,6 @@ class Model:
             return (f"WARNING: {self.name} uses RANDOM-WEIGHT CLIP embeddings (tests and demo only): its code table "
                     f"carries no language knowledge; do not report it as the method")
         return None
-
-
-def model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
-    results = os.environ.get("nnUNet_results")
-    if not results:
-        raise AllStageError("nnUNet_results is not set; run `eval \"$(nnunet-allstage env)\"`")
-    return Path(results) / dataset_name / f"{trainer}__{plans}__{configuration}"
 
 
 def load_model(folder: Path, fold, checkpoint: str, device: torch.device, tta: bool, name: str) -> Model:
@@ -129,7 +123,7 @@ def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: 
              log=print) -> dict:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     dataset_json = models[0].predictor.dataset_json
-    names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
+    names = modality_names_from_dataset_json(dataset_json)
     regions = regions_from_dataset_json(dataset_json)
     label_rw = models[0].predictor.plans_manager.image_reader_writer_class()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_allstage.environment import nnunet_folder
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
-from nnunet_allstage.modalities import code_label, combinations, read_availability
+from nnunet_allstage.modalities import code_label, combinations, modality_names_from_dataset_json, read_availability
 
 EXPECTED_FILE = "expected_accuracy.json"
 FAR_BELOW = 0.10  # mean Dice this far below the all-sequences value earns a warning in predict
@@ -49,9 +50,9 @@ def measure(model, dataset_name: str, fold, log=print) -> dict:
     if model.checkpoint is None:
         raise AllStageError("the model was not loaded from a checkpoint file")
     dataset_json = model.predictor.dataset_json
-    names = [dataset_json["channel_names"][k] for k in sorted(dataset_json["channel_names"], key=int)]
+    names = modality_names_from_dataset_json(dataset_json)
     regions = regions_from_dataset_json(dataset_json)
-    raw = Path(os.environ.get("nnUNet_raw", "")) / dataset_name
+    raw = nnunet_folder("nnUNet_raw") / dataset_name
     availability = read_availability(raw)["cases"]
     ending = dataset_json["file_ending"]
     cases = validation_cases(dataset_name, fold)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_allstage.modalities import index_to_code
+from nnunet_allstage.private_api import compiled_inner
 
 HEAD_CHANNELS = 8
 CONTROLLER_WIDTH = 256
@@ -153,7 +154,7 @@ def forward_with_features(network: nn.Module, x: torch.Tensor, code: torch.Tenso
 def unwrap(network: nn.Module) -> nn.Module:
     """The module inside DDP and torch.compile wrappers."""
     network = getattr(network, "module", network)  # DDP
-    return getattr(network, "_orig_mod", network)  # torch.compile
+    return compiled_inner(network)
 
 
 @contextmanager

@@ -10,18 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_allstage.environment import trainer_shim_dir
+from nnunet_allstage.environment import dataset_name_from_id, model_folder, nnunet_folder, trainer_shim_dir
 from nnunet_allstage.errors import AllStageError
-from nnunet_allstage.planning import dataset_name_from_id, require_nnunet_paths
-from nnunet_allstage.training import SCHEDULES, trainer_class
+from nnunet_allstage.training import SCHEDULES, trainer_class, training_chain
 
-STAGES = [("stage 1: MAE pre-training", "AllStageMAETrainer"),
-          ("stage 2: hyper-network segmentation", "AllStageHyperTrainer"),
-          ("stage 3: distribution approximation", "AllStageMAEDATrainer"),
-          ("stage 4: co-distillation (final model)", "AllStageTrainer")]
-BINARY_NAMES = {"AllStageHyperTrainer": "AllStageHyperTrainer_Binary", "AllStageMAEDATrainer":
-                "AllStageMAEDATrainer_Binary", "AllStageTrainer": "AllStageTrainer_Binary"}
-BASELINE = [("baseline: nnU-Net + modality dropout", "AllStageDropoutTrainer")]
+FINAL_TRAINER = "AllStageTrainer"
+BINARY_FINAL_TRAINER = "AllStageTrainer_Binary"
+BASELINE_TRAINER = "AllStageDropoutTrainer"
 
 
 @dataclass
@@ -40,16 +35,17 @@ class Stage:
 
 
 def stages_for(dataset_id: int, fold: str, configuration: str, plans: str, schedule: str = "", baseline: bool = False,
-               binary: bool = False) -> list[Stage]:
+               binary: bool = False, config=None) -> list[Stage]:
+    """The runs that train the final model (or the baseline), in the order the trainers' predecessors give."""
     if schedule and schedule not in SCHEDULES:
         raise AllStageError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-    results = require_nnunet_paths("nnUNet_results")["nnUNet_results"]
     name = dataset_name_from_id(dataset_id)
     suffix = f"_{schedule}" if schedule else ""
+    final = BASELINE_TRAINER if baseline else BINARY_FINAL_TRAINER if binary else FINAL_TRAINER
     out = []
-    for title, trainer in (BASELINE if baseline else STAGES):
-        trainer = (BINARY_NAMES.get(trainer, trainer) if binary else trainer) + suffix
-        out.append(Stage(title, trainer, results / name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"))
+    for trainer in training_chain(final, config if config is not None else run_config(dataset_id)):
+        out.append(Stage(trainer_class(trainer).stage_name, trainer + suffix,
+                         model_folder(name, trainer + suffix, plans, configuration) / f"fold_{fold}"))
     return out
 
 
@@ -62,7 +58,7 @@ def print_status(stages: list[Stage], log=print) -> None:
 def run_config(dataset_id: int, env: dict | None = None):
     """The options the trainers of this run will read (the dataset's allstage_config.json, then the environment)."""
     from nnunet_allstage.config import load_config
-    folder = require_nnunet_paths("nnUNet_preprocessed")["nnUNet_preprocessed"] / dataset_name_from_id(dataset_id)
+    folder = nnunet_folder("nnUNet_preprocessed") / dataset_name_from_id(dataset_id)
     saved = dict(os.environ)
     os.environ.update(env or {})
     try:
@@ -147,10 +143,10 @@ def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres
                  schedule: str = "", baseline: bool = False, binary: bool = False, device: str = "cuda",
                  num_gpus: int = 1, extra_args: list[str] | None = None, env: dict | None = None, log=print,
                  compact: bool = False) -> None:
-    stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary)
+    config = run_config(dataset_id, env)
+    stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary, config)
     log(f"nnunet-allstage train: dataset {dataset_id}, fold {fold}, {configuration}, plans {plans}")
     print_status(stages, log)
-    config = run_config(dataset_id, env)
     for stage in stages:
         if stage.state == "done":
             check_done_stage(stage, config)

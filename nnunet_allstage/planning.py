@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from nnunet_allstage.environment import dataset_name_from_id, nnunet_folder
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.modalities import AVAILABILITY_FILE, read_availability
 
@@ -17,22 +18,6 @@ DEFAULT_PLANNER = "ExperimentPlanner"
 PLANNER_PLANS_NAMES = {"ExperimentPlanner": "nnUNetPlans", "nnUNetPlannerResEncM": "nnUNetResEncUNetMPlans",
                        "nnUNetPlannerResEncL": "nnUNetResEncUNetLPlans",
                        "nnUNetPlannerResEncXL": "nnUNetResEncUNetXLPlans"}
-
-
-def require_nnunet_paths(*names: str) -> dict[str, Path]:
-    missing = [n for n in names if not os.environ.get(n)]
-    if missing:
-        raise AllStageError(f"{', '.join(missing)} not set; run `eval \"$(nnunet-allstage env)\"` or export them")
-    return {n: Path(os.environ[n]) for n in names}
-
-
-def dataset_name_from_id(dataset_id: int) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
-    try:
-        return convert_id_to_dataset_name(dataset_id)
-    except RuntimeError:
-        raise AllStageError(f"no dataset with id {dataset_id} in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
-                            f"convert one first (nnunet-allstage convert-brats / convert-folder)") from None
 
 
 def spacing_plans_name(base: str, spacing: Sequence[float]) -> str:
@@ -57,7 +42,7 @@ def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullre
                  log: Callable[[str], None] = print) -> str:
     """Fingerprint (with integrity check), plan, preprocess, then write splits and check availability.
     Returns the plans identifier."""
-    paths = require_nnunet_paths("nnUNet_raw", "nnUNet_preprocessed")
+    paths = {n: nnunet_folder(n) for n in ("nnUNet_raw", "nnUNet_preprocessed")}
     name = dataset_name_from_id(dataset_id)
     raw = paths["nnUNet_raw"] / name
     record = read_availability(raw)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from nnunet_allstage.errors import AllStageError
-from nnunet_allstage.modalities import index_to_code, prompts_in_bit_order
+from nnunet_allstage.modalities import prompts_in_bit_order
 
 CLIP_EMBEDDING_DIM = 512  # ViT-B-32 / ViT-B-16 text towers; the network's text projection is built for it
 RANDOM_CLIP_TAG = "random-test-only"
@@ -28,11 +28,6 @@ RANDOM_CLIP_WARNING = ("RANDOM-WEIGHT CLIP (tests and demo only): the text embed
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "nnunet_allstage" / "text_embeddings"
-
-
-def binary_table(num_modalities: int) -> torch.Tensor:
-    return torch.tensor([index_to_code(i, num_modalities) for i in range(2 ** num_modalities - 1)],
-                        dtype=torch.float32)
 
 
 def _weights_key(model: str, pretrained: str, weights_file: str) -> str:
@@ -56,8 +51,6 @@ def _encode_prompts(prompts: Sequence[str], model_name: str, pretrained: str, we
                 model = open_clip.create_model(model_name, pretrained=None)
         else:
             model = open_clip.create_model(model_name, pretrained=source, require_pretrained=True)
-    except AllStageError:
-        raise
     except Exception as e:  # open_clip raises many kinds (hub offline, bad file, unknown tag)
         raise AllStageError(
             f"could not load CLIP text weights {model_name}/{source} ({type(e).__name__}: {str(e)[:200]}). "

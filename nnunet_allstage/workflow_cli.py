@@ -32,14 +32,15 @@ def cmd_train(args) -> None:
 
 def cmd_validate(args) -> None:
     from nnunet_allstage.expected_accuracy import measure
-    from nnunet_allstage.planning import dataset_name_from_id
+    from nnunet_allstage.environment import dataset_name_from_id
     model = _load_models(args, [args.tr])[0]
     measure(model, dataset_name_from_id(args.dataset_id), _fold(args.fold))
 
 
 def _load_models(args, trainers: list[str]):
-    from nnunet_allstage.evaluation import load_model, model_folder
-    from nnunet_allstage.planning import dataset_name_from_id
+    from nnunet_allstage.environment import model_folder
+    from nnunet_allstage.evaluation import load_model
+    from nnunet_allstage.environment import dataset_name_from_id
     name = dataset_name_from_id(args.dataset_id)
     device = _device(args.device)
     return [load_model(model_folder(name, tr, args.p, args.c), _fold(args.fold), args.checkpoint, device,
@@ -68,19 +69,19 @@ def _brats_year(value: str, folder: Path) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    import os
+    from nnunet_allstage.environment import dataset_name_from_id, nnunet_folder
     from nnunet_allstage.evaluation import evaluate, find_test_cases, parse_combinations
-    from nnunet_allstage.planning import dataset_name_from_id
+    from nnunet_allstage.modalities import modality_names_from_dataset_json
     trainers = args.tr or ["AllStageTrainer"]
     models = _load_models(args, trainers)
     dj = models[0].predictor.dataset_json
-    names = [dj["channel_names"][k] for k in sorted(dj["channel_names"], key=int)]
+    names = modality_names_from_dataset_json(dj)
     name = dataset_name_from_id(args.dataset_id)
-    raw = Path(os.environ.get("nnUNet_raw", "")) / name
+    raw = nnunet_folder("nnUNet_raw") / name
     images = Path(args.images) if args.images else raw / "imagesTs"
     labels = Path(args.labels) if args.labels else raw / "labelsTs"
     cases = find_test_cases(images, labels, dj["file_ending"], len(names))
-    out = Path(args.o) if args.o else Path(os.environ["nnUNet_results"]) / name / f"allstage_evaluation_fold{args.fold}"
+    out = Path(args.o) if args.o else nnunet_folder("nnUNet_results") / name / f"allstage_evaluation_fold{args.fold}"
     evaluate(models, cases, parse_combinations(args.combinations, names), out, args.save_segmentations)
 
 

@@ -35,11 +35,11 @@ def main() -> None:
     import torch
     from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
     from nnunet_allstage.modalities import code_label, combinations
-    from nnunet_allstage.planning import dataset_name_from_id
+    from nnunet_allstage.environment import dataset_name_from_id, model_folder
     workdir = prepare_models(args, [args.tr])
     name = dataset_name_from_id(args.dataset_id)
     raw = Path(os.environ["nnUNet_raw"]) / name
-    folder = Path(os.environ["nnUNet_results"]) / name / f"{args.tr}__{args.p}__3d_fullres"
+    folder = model_folder(name, args.tr, args.p, "3d_fullres")
     cases = find_test_cases(raw / "imagesTs", raw / "labelsTs", ".nii.gz", 4)
     names = ["FLAIR", "T1", "T1c", "T2"]
     codes = combinations(4)

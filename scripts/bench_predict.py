@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench_output")
     args = parser.parse_args()
     import torch
-    from nnunet_allstage.planning import dataset_name_from_id
+    from nnunet_allstage.environment import dataset_name_from_id
     workdir = prepare_models(args, ["AllStageTrainer", "nnUNetTrainer"])
     raw = Path(os.environ["nnUNet_raw"]) / dataset_name_from_id(args.dataset_id)
     times = {}

@@ -31,7 +31,7 @@ MEMORY_GOAL_MB = 24 * 1024
 
 def time_predictions(dataset_id: int, device: str, workdir: Path, repeats: int) -> dict:
     """Best-of-`repeats` seconds per case of whole prediction runs (start-up included), TTA off."""
-    from nnunet_allstage.planning import dataset_name_from_id
+    from nnunet_allstage.environment import dataset_name_from_id
     bin_dir = Path(sys.executable).parent
     images = Path(os.environ["nnUNet_raw"]) / dataset_name_from_id(dataset_id) / "imagesTs"
     n_cases = len(list(images.glob("*_0000.nii.gz")))

@@ -18,6 +18,7 @@ from nnunet_allstage.conversion.cases import FILE_ENDING, CaseJob, check_case, w
 from nnunet_allstage.conversion.sources import (DatasetSpec, SourceCase, brats_layout, detect_brats_year,
                                                 discover_brats_cases, discover_folder_cases, parse_folder_config)
 from nnunet_allstage.conversion.splits import apply_split, random_split
+from nnunet_allstage.environment import nnunet_folder
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.modalities import make_availability_record, simulate_missing_modalities, write_availability
 
@@ -32,13 +33,6 @@ def run_parallel(fn, jobs: list, num_processes: int, desc: str) -> list:
             results[futures[fut]] = fut.result()
     return results
 
-
-
-def nnunet_raw_folder() -> Path:
-    raw = os.environ.get("nnUNet_raw")
-    if not raw:
-        raise AllStageError("nnUNet_raw is not set; run `eval \"$(nnunet-allstage env)\"` or export it yourself")
-    return Path(raw)
 
 
 def existing_dataset_folders(root: Path, dataset_id: int) -> list[Path]:
@@ -56,7 +50,7 @@ def convert_dataset(cases: list[SourceCase], spec: DatasetSpec, *, dataset_id: i
         raise AllStageError(f"--dataset-id must lie in 1..999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", dataset_name):
         raise AllStageError(f"dataset name {dataset_name!r} may hold only letters, digits, '_' and '-'")
-    root = output_root or nnunet_raw_folder()
+    root = output_root or nnunet_folder("nnUNet_raw")
     target = root / f"Dataset{dataset_id:03d}_{dataset_name}"
     existing = existing_dataset_folders(root, dataset_id)
     if existing and not force:

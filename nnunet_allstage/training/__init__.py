@@ -32,3 +32,17 @@ def trainer_class(name: str) -> type:
     if name not in classes:
         raise AllStageError(f"no nnunet-allstage trainer named {name}")
     return classes[name]
+
+
+def training_chain(trainer: str, config) -> list[str]:
+    """The trainers to run, in order, to train ``trainer`` from nothing: its predecessors (each once, before
+    whatever starts from it), then itself. The stage order lives in the classes' predecessor_names only."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for predecessor in trainer_class(name).predecessor_names(config):
+            visit(predecessor)
+        if name not in order:
+            order.append(name)
+    visit(trainer)
+    return order

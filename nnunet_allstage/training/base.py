@@ -11,18 +11,21 @@ import numpy as np
 import torch
 from torch import autocast
 
-from nnunetv2.paths import nnUNet_raw, nnUNet_results
+from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_allstage.checkpoints import safe_load
 from nnunet_allstage.config import AllStageConfig, check_same_options, describe, load_config
+from nnunet_allstage.environment import model_folder
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.masking import modality_dropout, zero_missing
 from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_record, modality_names_from_dataset_json,
                                         read_availability, write_availability)
 from nnunet_allstage.networks import network_code, unwrap
 from nnunet_allstage.planning import check_preprocessed_availability
+from nnunet_allstage.private_api import epoch_log, trainer_checkpoint_fields
 from nnunet_allstage.training import schedule_suffix, trainer_class
 from nnunet_allstage.training.optim import segmentation_optimizer
 
@@ -184,7 +187,7 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     def log_extra(self, key: str, value) -> None:
         """Log a value nnU-Net's logger does not know, one per epoch, padded if the key is new."""
-        store = self.logger.local_logger.my_fantastic_logging
+        store = epoch_log(self.logger)
         values = store.setdefault(key, [])
         while len(values) < self.current_epoch:
             values.append(None)
@@ -243,12 +246,12 @@ class AllStageTrainerBase(nnUNetTrainer):
                                     f"does not exist")
             return path
         dataset = self.plans_manager.dataset_name
-        path = (Path(nnUNet_results) / dataset / f"{trainer_name}__{self.plans_manager.plans_name}__"
-                f"{self.configuration_name}" / f"fold_{self.fold}" / "checkpoint_final.pth")
+        path = (model_folder(dataset, trainer_name, self.plans_manager.plans_name, self.configuration_name)
+                / f"fold_{self.fold}" / "checkpoint_final.pth")
         if not path.is_file():
             plans = "" if self.plans_manager.plans_name == "nnUNetPlans" else f" -p {self.plans_manager.plans_name}"
             raise AllStageError(
-                f"stage {stage} checkpoint not found: {path}. Train it first: nnUNetv2_train {int(dataset[7:10])} "
+                f"stage {stage} checkpoint not found: {path}. Train it first: nnUNetv2_train {convert_dataset_name_to_id(dataset)} "
                 f"{self.configuration_name} {self.fold} -tr {trainer_name}{plans} (or set "
                 f"NNUNET_ALLSTAGE_STAGE{stage}_CHECKPOINT to a checkpoint file)")
         return path
@@ -271,9 +274,8 @@ class AllStageTrainerBase(nnUNetTrainer):
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
             "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
+            **trainer_checkpoint_fields(self),
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "allstage": {"stage": self.stage_name, "options": json.loads(describe(self.allstage_config)),

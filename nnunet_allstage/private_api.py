@@ -1,0 +1,40 @@
+"""The one door to private attributes of nnU-Net, torch and numpy that the plugin cannot do without.
+
+Nothing else in the package touches a private name of another library. ``PRIVATE_ATTRIBUTES`` lists each with
+where it lives; tests/test_private_api.py checks every one against the installed versions, so an upgrade that
+removes or renames one fails that test, naming the attribute, instead of failing somewhere in a training run.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+PRIVATE_ATTRIBUTES = {
+    "nnUNetTrainer.my_init_kwargs": "the constructor arguments nnU-Net's checkpoints store (init_args)",
+    "nnUNetTrainer._best_ema": "the best EMA pseudo Dice nnU-Net's checkpoints store",
+    "MetaLogger.local_logger.my_fantastic_logging": "nnU-Net's per-epoch log values (we add our own keys)",
+    "torch OptimizedModule._orig_mod": "the module inside a torch.compile wrapper",
+    "numpy _core.multiarray._reconstruct": "an array pickle global that nnU-Net's checkpoints need",
+}
+
+
+def trainer_checkpoint_fields(trainer) -> dict:
+    """The fields of nnU-Net's checkpoint that come from private trainer attributes."""
+    return {"_best_ema": trainer._best_ema, "init_args": trainer.my_init_kwargs}
+
+
+def epoch_log(logger) -> dict[str, list]:
+    """nnU-Net's per-epoch log store ({key: [value per epoch]}) behind its MetaLogger."""
+    return logger.local_logger.my_fantastic_logging
+
+
+def compiled_inner(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a torch.compile wrapper (the module itself when not compiled)."""
+    return getattr(module, "_orig_mod", module)
+
+
+def numpy_checkpoint_globals() -> list:
+    """The numpy objects that nnU-Net's checkpoints pickle besides tensors (for torch.load(weights_only=True))."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]

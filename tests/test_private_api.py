@@ -1,0 +1,60 @@
+"""Every private attribute of another library that the plugin uses (nnunet_allstage.private_api) still exists in
+the installed versions; an upgrade that removes one fails here, naming it."""
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_allstage import private_api
+
+
+def test_the_list_is_what_this_test_checks():
+    assert set(private_api.PRIVATE_ATTRIBUTES) == {
+        "nnUNetTrainer.my_init_kwargs", "nnUNetTrainer._best_ema", "MetaLogger.local_logger.my_fantastic_logging",
+        "torch OptimizedModule._orig_mod", "numpy _core.multiarray._reconstruct"}
+
+
+@pytest.mark.parametrize("attribute", ["my_init_kwargs", "_best_ema"])
+def test_nnunet_trainer_sets_the_attribute(attribute):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    source = inspect.getsource(nnUNetTrainer.__init__)
+    assert f"self.{attribute} =" in source, (
+        f"nnUNetTrainer.__init__ no longer sets {attribute}: private_api.trainer_checkpoint_fields needs updating")
+
+
+def test_nnunet_logger_keeps_its_epoch_store(tmp_path):
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+    logger = MetaLogger(str(tmp_path), False)
+    logger.log("mean_fg_dice", 0.5, 0)
+    store = private_api.epoch_log(logger)  # MetaLogger.local_logger.my_fantastic_logging
+    assert store["mean_fg_dice"] == [0.5]
+
+
+def test_torch_compile_wrapper_keeps_the_module():
+    inner = torch.nn.Linear(2, 2)
+    wrapped = torch.compile(inner)  # compiles lazily: nothing is compiled here
+    assert hasattr(wrapped, "_orig_mod"), "torch.compile's wrapper has no _orig_mod: update private_api.compiled_inner"
+    assert private_api.compiled_inner(wrapped) is inner and private_api.compiled_inner(inner) is inner
+
+
+def test_numpy_checkpoint_globals_round_trip(tmp_path):
+    globals_ = private_api.numpy_checkpoint_globals()  # numpy _core.multiarray._reconstruct among them
+    path = tmp_path / "c.pth"
+    torch.save({"ema": np.float64(0.5), "a": np.arange(3)}, path)
+    with torch.serialization.safe_globals(globals_):
+        back = torch.load(path, weights_only=True)
+    assert back["ema"] == 0.5 and back["a"].tolist() == [0, 1, 2]
+
+
+def test_nothing_else_touches_those_names():
+    import re
+    from pathlib import Path
+    package = Path(private_api.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name == "private_api.py":
+            continue
+        text = path.read_text()
+        for name in ("my_init_kwargs", "_best_ema", "my_fantastic_logging", "_orig_mod", "multiarray", "_dynamo",
+                     "_do_i_compile"):
+            assert not re.search(rf"\b{name}\b", text), f"{path} uses {name} outside private_api"
