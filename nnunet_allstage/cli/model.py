@@ -1,4 +1,4 @@
-"""Sub-commands of the user's workflow: train, predict, evaluate, demo."""
+"""Sub-commands that train and use models: train, validate, predict, evaluate, demo."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,9 +1,8 @@
-"""The `nnunet-allstage` command. Each sub-command is a thin layer over a library function."""
+"""Sub-commands that make and prepare data: env, convert-brats, convert-folder, plan, synthetic."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from nnunet_allstage.errors import AllStageError
@@ -86,10 +85,7 @@ def cmd_synthetic(args) -> None:
     print(f"wrote {args.num_cases} synthetic cases (BraTS 2020 layout) to {out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-allstage", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub) -> None:
     p = sub.add_parser("env", help="print the export lines for nnUNet_extTrainer (and unset nnU-Net folders)")
     p.add_argument("--base", help="folder for nnUNet_raw/preprocessed/results when unset (default: here)")
     p.set_defaults(func=cmd_env)
@@ -132,25 +128,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synthetic)
-
-    from nnunet_allstage import workflow_cli
-    workflow_cli.add_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except AllStageError as e:
-        print(f"nnunet-allstage: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nnunet-allstage: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
