@@ -154,7 +154,8 @@ def write_dataset_json(folder: Path, spec: DatasetSpec, dataset_name: str, num_t
 
 
 def convert_brats(src: str | os.PathLike, *, dataset_id: int, year: str | None = None, name: str | None = None,
-                  **kwargs) -> Path:
+                  label_map: dict[int, int] | None = None, **kwargs) -> Path:
+    """A BraTS training folder of any year; ``label_map`` (BraTS value -> nnU-Net value) defaults to the year's."""
     src = Path(src)
     if not src.is_dir():
         raise AllStageError(f"--src {src} is not a folder")
@@ -168,7 +169,7 @@ def convert_brats(src: str | os.PathLike, *, dataset_id: int, year: str | None =
     cases = discover_brats_cases(src, layout)
     fm = kwargs.get("fm_ratio")
     default_name = f"BraTS{year}" + (f"_FM{int(round(fm * 100))}" if fm is not None else "")
-    return convert_dataset(cases, layout.spec(), dataset_id=dataset_id, dataset_name=name or default_name,
+    return convert_dataset(cases, layout.spec(label_map), dataset_id=dataset_id, dataset_name=name or default_name,
                            source=str(src.resolve()), **kwargs)
 
 

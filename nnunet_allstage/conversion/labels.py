@@ -1,6 +1,8 @@
 """Label values: the BraTS tables of each era, nnU-Net's region convention, and relabelling by lookup table."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 # nnU-Net's BraTS region convention (its Dataset137): edema 1, necrosis/non-enhancing core 2, enhancing 3;
@@ -29,3 +31,27 @@ def relabel(labels: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
     for source, target in label_map.items():
         lut[source] = target
     return lut[labels.astype(np.int64)]
+
+
+def relabel_folder(source: Path, target: Path, label_map: dict[int, int], file_ending: str = ".nii.gz") -> list[Path]:
+    """Every segmentation of ``source`` written to ``target`` with its values mapped (e.g. nnU-Net predictions to
+    the BraTS portal's labels); geometry and file names are kept. Returns the written files."""
+    import SimpleITK as sitk
+    from nnunet_allstage.errors import AllStageError
+    files = sorted(p for p in Path(source).iterdir() if p.name.endswith(file_ending)) if Path(source).is_dir() else []
+    if not files:
+        raise AllStageError(f"{source}: no {file_ending} segmentation to relabel")
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in files:
+        image = sitk.ReadImage(str(path))
+        values = sitk.GetArrayViewFromImage(image)
+        unknown = sorted(set(np.unique(values).tolist()) - set(label_map))
+        if unknown:
+            raise AllStageError(f"{path.name} holds value(s) {unknown} that the label map {label_map} does not know")
+        out = sitk.GetImageFromArray(relabel(values, label_map))
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(target / path.name), useCompression=True)
+        written.append(target / path.name)
+    return written

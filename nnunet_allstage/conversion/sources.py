@@ -48,9 +48,11 @@ class BratsLayout:
     label_map: dict[int, int]
     separator: str
 
-    def spec(self) -> DatasetSpec:
-        return DatasetSpec(modalities=BRATS_MODALITIES, labels=BRATS_REGION_LABELS, label_map=self.label_map,
-                           allowed_source_labels=frozenset(self.label_map),
+    def spec(self, label_map: dict[int, int] | None = None) -> DatasetSpec:
+        """The target dataset; ``label_map`` (source value -> nnU-Net value) replaces the year's own."""
+        label_map = label_map or self.label_map
+        return DatasetSpec(modalities=BRATS_MODALITIES, labels=BRATS_REGION_LABELS, label_map=label_map,
+                           allowed_source_labels=frozenset(label_map),
                            regions_class_order=BRATS_REGIONS_CLASS_ORDER,
                            description=f"BraTS {self.year} converted by nnunet-allstage",
                            reference="https://www.synapse.org/brats")

@@ -1,0 +1,36 @@
+"""BraTS 2021 -> nnUNet_raw/Dataset504_BraTS2021_FM1 (the FM percentage in the name follows --fm-ratio).
+
+The RSNA-ASNR-MICCAI challenge.
+Source: RSNA_ASNR_MICCAI_BraTS2021_TrainingData (1251 cases, folders BraTS2021_*).
+Split: no public split of the missing-modality literature; a seeded random 70:10:20 split (recorded).
+FM ratio: 1 % of the training subjects keep all four sequences (9 of about 876); every other one loses 1 to 3 of them
+at random (seeded, recorded in modality_availability.json; validation subjects drawn the same way, separately).
+The paper reports 1 %, 10 % and 50 %: --fm-ratio 0.1, --fm-ratio 0.5.
+Labels: BraTS 2021 writes 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour; nnU-Net trains on the
+regions of its own convention (edema 1, necrosis 2, enhancing 3; its Dataset137). --to-portal maps predictions
+back to 1/2/4 for the BraTS portal (`nnunet-allstage predict --brats-labels 2021` writes them so directly).
+
+    python dataset_conversion/Dataset504_BraTS2021.py /data/RSNA_ASNR_MICCAI_BraTS2021_TrainingData
+    nnunet-allstage plan -d 504 && nnunet-allstage train -d 504 -f 0
+    python dataset_conversion/Dataset504_BraTS2021.py --to-portal PREDICTIONS_FOLDER PORTAL_FOLDER
+"""
+import sys
+from functools import partial
+
+from nnunet_allstage.conversion import convert_brats
+from nnunet_allstage.conversion.script import dataset_script
+
+DATASET_ID = 504
+YEAR = "2021"
+SPLIT = None
+FM_RATIO = 0.01
+LABEL_MAP = {0: 0, 1: 2, 2: 1, 4: 3}  # BraTS 2021 value -> nnU-Net value
+
+
+def main(argv: list[str] | None = None) -> int:
+    convert = partial(convert_brats, year=YEAR, split=SPLIT, label_map=LABEL_MAP)
+    return dataset_script(__doc__, convert, dataset_id=DATASET_ID, fm_ratio=FM_RATIO, label_map=LABEL_MAP, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
