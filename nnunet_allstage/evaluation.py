@@ -7,7 +7,6 @@ union of all channels; see tests). The modality code is handed to hyper-networks
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -161,22 +160,21 @@ def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: 
 
 
 def summarise(rows: list[dict], model_names: list[str], codes, names, region_names) -> dict:
+    """Mean Dice and HD95 over the cases per model, region and combination (in ``codes``' order), their means over
+    the combinations, and each model's average over the regions."""
+    import pandas as pd
     labels = [code_label(c, names) for c in codes]
+    means = pd.DataFrame(rows).groupby(["model", "region", "combination"])[["dice", "hd95"]].mean()
     summary = {"modalities": list(names), "combinations": labels, "markers": [code_markers(c) for c in codes],
                "regions": region_names, "models": {}}
     for model in model_names:
         per = {}
         for region in region_names:
-            entry = {"dice": [], "hd95": []}
-            for label in labels:
-                sel = [r for r in rows if r["model"] == model and r["region"] == region and r["combination"] == label]
-                entry["dice"].append(float(np.mean([r["dice"] for r in sel])))
-                entry["hd95"].append(float(np.mean([r["hd95"] for r in sel])))
-            entry["mean_dice"] = float(np.mean(entry["dice"]))
-            entry["mean_hd95"] = float(np.mean(entry["hd95"]))
-            per[region] = entry
-        per["average"] = {"mean_dice": float(np.mean([per[r]["mean_dice"] for r in region_names])),
-                          "mean_hd95": float(np.mean([per[r]["mean_hd95"] for r in region_names]))}
+            table = means.loc[(model, region)].reindex(labels)
+            per[region] = {"dice": table["dice"].tolist(), "hd95": table["hd95"].tolist(),
+                           "mean_dice": float(table["dice"].mean()), "mean_hd95": float(table["hd95"].mean())}
+        per["average"] = {f"mean_{m}": float(np.mean([per[r][f"mean_{m}"] for r in region_names]))
+                          for m in ("dice", "hd95")}
         summary["models"][model] = per
     summary["num_cases"] = len({r["case"] for r in rows})
     return summary
@@ -203,11 +201,9 @@ def markdown_table(summary: dict, names: Sequence[str]) -> str:
 
 
 def write_outputs(rows: list[dict], summary: dict, out_dir: Path, names) -> None:
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "case", "combination", "available", "region", "dice",
-                                               "hd95"])
-        writer.writeheader()
-        writer.writerows(rows)
+    import pandas as pd
+    pd.DataFrame(rows, columns=["model", "case", "combination", "available", "region", "dice", "hd95"]).to_csv(
+        out_dir / "results.csv", index=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (out_dir / "table.md").write_text(markdown_table(summary, names))
     for metric in ("dice", "hd95"):
@@ -215,30 +211,24 @@ def write_outputs(rows: list[dict], summary: dict, out_dir: Path, names) -> None
 
 
 def write_heatmap(summary: dict, metric: str, path: Path) -> None:
+    """Models x regions as rows, the combinations and their mean as columns, each cell annotated."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    row_labels, values = [], []
-    for model, per in summary["models"].items():
-        for region in summary["regions"]:
-            row_labels.append(f"{region} · {model}")
-            scale = 100 if metric == "dice" else 1
-            values.append([v * scale for v in per[region][metric]] + [per[region][f"mean_{metric}"] * scale])
-    values = np.array(values)
-    cols = summary["combinations"] + ["mean"]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.45 * len(row_labels)))
-    cmap = "viridis" if metric == "dice" else "viridis_r"
-    im = ax.imshow(values, cmap=cmap, aspect="auto", vmin=0 if metric == "dice" else None,
-                   vmax=100 if metric == "dice" else None)
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            ax.text(j, i, f"{values[i, j]:.0f}" if metric == "dice" else f"{values[i, j]:.1f}", ha="center",
-                    va="center", fontsize=6, color="white" if (values[i, j] < 50) == (metric == "dice") else "black")
-    fig.colorbar(im, ax=ax, label="Dice (%)" if metric == "dice" else "HD95 (mm)")
-    ax.set_title(f"{'Dice' if metric == 'dice' else 'HD95'} per input combination "
-                 f"({summary['num_cases']} case(s))", fontsize=9)
+    import pandas as pd
+    import seaborn as sns
+    scale, unit = (100, "Dice (%)") if metric == "dice" else (1, "HD95 (mm)")
+    table = pd.DataFrame({f"{region} · {model}": [v * scale for v in per[region][metric]]
+                          + [per[region][f"mean_{metric}"] * scale]
+                          for model, per in summary["models"].items() for region in summary["regions"]},
+                         index=summary["combinations"] + ["mean"]).T
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
+    sns.heatmap(table, ax=ax, annot=True, fmt=".0f" if metric == "dice" else ".1f", annot_kws={"fontsize": 6},
+                cmap="viridis" if metric == "dice" else "viridis_r", vmin=0 if metric == "dice" else None,
+                vmax=100 if metric == "dice" else None, cbar_kws={"label": unit})
+    ax.tick_params(labelsize=8)
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=60, ha="right")
+    ax.set_title(f"{unit.split()[0]} per input combination ({summary['num_cases']} case(s))", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

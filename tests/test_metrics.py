@@ -90,3 +90,28 @@ def test_brats_regions():
     pred[4:5] = 2  # enhancing predicted as necrosis: WT and TC perfect, ET missed
     m = region_metrics(pred, ref, (1, 1, 1), regions)
     assert m["WT"] == (1.0, 0.0) and m["TC"][0] == 1.0 and m["ET"] == (0.0, BRATS_MAX_HD95)
+
+
+def test_summary_means_by_hand_and_the_heatmaps(tmp_path):
+    from nnunet_allstage.evaluation import summarise, write_outputs
+    codes = [(1, 0), (0, 1), (1, 1)]
+    names = ["A", "B"]
+    rows = []
+    for model, offset in (("m1", 0.0), ("m2", 0.1)):
+        for case, dice in (("c1", 0.2), ("c2", 0.4)):
+            for code, extra in zip(codes, (0.0, 0.2, 0.4)):
+                label = "+".join(n for n, a in zip(names, code) if a)
+                for region, shift in (("WT", 0.0), ("ET", -0.1)):
+                    rows.append({"model": model, "case": case, "combination": label, "available": "", "region": region,
+                                 "dice": dice + extra + offset + shift, "hd95": 10 * (dice + extra)})
+    summary = summarise(rows, ["m1", "m2"], codes, names, ["WT", "ET"])
+    assert summary["combinations"] == ["A", "B", "A+B"] and summary["num_cases"] == 2
+    wt = summary["models"]["m1"]["WT"]
+    assert np.allclose(wt["dice"], [0.3, 0.5, 0.7]) and np.allclose(wt["hd95"], [3.0, 5.0, 7.0])
+    assert np.isclose(wt["mean_dice"], 0.5)
+    assert np.isclose(summary["models"]["m2"]["average"]["mean_dice"], (0.6 + 0.5) / 2)
+    write_outputs(rows, summary, tmp_path, names)
+    assert (tmp_path / "results.csv").read_text().splitlines()[0] == "model,case,combination,available,region,dice,hd95"
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == len(rows) + 1
+    assert (tmp_path / "dice_heatmap.png").stat().st_size > 1000 and (tmp_path / "hd95_heatmap.png").is_file()
+    assert "| WT | m2 |" in (tmp_path / "table.md").read_text()
