@@ -1,18 +1,10 @@
-"""BraTS 2018 -> nnUNet_raw/Dataset501_BraTS2018_FM1 (the FM percentage in the name follows --fm-ratio).
+"""BraTS 2018, the paper's main benchmark -> nnUNet_raw/Dataset501_BraTS2018_FM1.
 
-The paper's main benchmark.
-Source: MICCAI_BraTS_2018_Data_Training (285 cases in HGG/ and LGG/, folders Brats18_*).
-Split: split 3 of RFNet / M3AE (199 train, 29 validation, 57 test), shipped with nnunet-allstage.
-FM ratio: 1 % of the training subjects keep all four sequences (2 of 199); every other one loses 1 to 3 of them
-at random (seeded, recorded in modality_availability.json; validation subjects drawn the same way, separately).
-The paper reports 1 %, 10 % and 50 %: --fm-ratio 0.1, --fm-ratio 0.5.
-Labels: BraTS 2018 writes 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour; nnU-Net trains on the
-regions of its own convention (edema 1, necrosis 2, enhancing 3; its Dataset137). --to-portal maps predictions
-back to 1/2/4 for the BraTS portal (`nnunet-allstage predict --brats-labels 2018` writes them so directly).
+MICCAI_BraTS_2018_Data_Training: 285 cases in HGG/ and LGG/ (Brats18_*). Split 3 of RFNet and M3AE, shipped with
+the package: 199 train, 29 validation, 57 test. At 1 % FM, 2 of the 199 training subjects keep every sequence.
+Labels 1 NCR/NET, 2 ED, 4 ET.
 
     python dataset_conversion/Dataset501_BraTS2018.py /data/MICCAI_BraTS_2018_Data_Training
-    nnunet-allstage plan -d 501 && nnunet-allstage train -d 501 -f 0
-    python dataset_conversion/Dataset501_BraTS2018.py --to-portal PREDICTIONS_FOLDER PORTAL_FOLDER
 """
 import sys
 from functools import partial

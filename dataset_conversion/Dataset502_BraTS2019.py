@@ -1,17 +1,10 @@
-"""BraTS 2019 -> nnUNet_raw/Dataset502_BraTS2019_FM1 (the FM percentage in the name follows --fm-ratio).
+"""BraTS 2019 -> nnUNet_raw/Dataset502_BraTS2019_FM1.
 
-Source: MICCAI_BraTS_2019_Data_Training (335 cases in HGG/ and LGG/, folders BraTS19_*).
-Split: no public split of the missing-modality literature; a seeded random 70:10:20 split (recorded).
-FM ratio: 1 % of the training subjects keep all four sequences (2 of about 234); every other one loses 1 to 3 of them
-at random (seeded, recorded in modality_availability.json; validation subjects drawn the same way, separately).
-The paper reports 1 %, 10 % and 50 %: --fm-ratio 0.1, --fm-ratio 0.5.
-Labels: BraTS 2019 writes 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour; nnU-Net trains on the
-regions of its own convention (edema 1, necrosis 2, enhancing 3; its Dataset137). --to-portal maps predictions
-back to 1/2/4 for the BraTS portal (`nnunet-allstage predict --brats-labels 2019` writes them so directly).
+MICCAI_BraTS_2019_Data_Training: 335 cases in HGG/ and LGG/ (BraTS19_*). The missing-modality literature has no
+public split of this year: a seeded random 70:10:20 split, recorded in modality_availability.json.
+Labels 1 NCR/NET, 2 ED, 4 ET.
 
     python dataset_conversion/Dataset502_BraTS2019.py /data/MICCAI_BraTS_2019_Data_Training
-    nnunet-allstage plan -d 502 && nnunet-allstage train -d 502 -f 0
-    python dataset_conversion/Dataset502_BraTS2019.py --to-portal PREDICTIONS_FOLDER PORTAL_FOLDER
 """
 import sys
 from functools import partial

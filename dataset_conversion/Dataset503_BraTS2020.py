@@ -1,19 +1,10 @@
-"""BraTS 2020 -> nnUNet_raw/Dataset503_BraTS2020_FM1 (the FM percentage in the name follows --fm-ratio).
+"""BraTS 2020, the paper's second benchmark -> nnUNet_raw/Dataset503_BraTS2020_FM1.
 
-The paper's second benchmark.
-Source: MICCAI_BraTS2020_TrainingData (369 cases, folders BraTS20_Training_*; case 355's label file is named
-W39_1998.09.19_Segm.nii and is found all the same).
-Split: the RFNet / mmFormer split (219 train, 50 validation, 100 test), shipped with nnunet-allstage.
-FM ratio: 1 % of the training subjects keep all four sequences (2 of 219); every other one loses 1 to 3 of them
-at random (seeded, recorded in modality_availability.json; validation subjects drawn the same way, separately).
-The paper reports 1 %, 10 % and 50 %: --fm-ratio 0.1, --fm-ratio 0.5.
-Labels: BraTS 2020 writes 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour; nnU-Net trains on the
-regions of its own convention (edema 1, necrosis 2, enhancing 3; its Dataset137). --to-portal maps predictions
-back to 1/2/4 for the BraTS portal (`nnunet-allstage predict --brats-labels 2020` writes them so directly).
+MICCAI_BraTS2020_TrainingData: 369 cases (BraTS20_Training_*; case 355's label file, W39_1998.09.19_Segm.nii, is
+found too). The split of RFNet and mmFormer, shipped with the package: 219 train, 50 validation, 100 test.
+Labels 1 NCR/NET, 2 ED, 4 ET.
 
     python dataset_conversion/Dataset503_BraTS2020.py /data/MICCAI_BraTS2020_TrainingData
-    nnunet-allstage plan -d 503 && nnunet-allstage train -d 503 -f 0
-    python dataset_conversion/Dataset503_BraTS2020.py --to-portal PREDICTIONS_FOLDER PORTAL_FOLDER
 """
 import sys
 from functools import partial

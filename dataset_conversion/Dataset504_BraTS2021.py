@@ -1,18 +1,9 @@
-"""BraTS 2021 -> nnUNet_raw/Dataset504_BraTS2021_FM1 (the FM percentage in the name follows --fm-ratio).
+"""BraTS 2021 (RSNA-ASNR-MICCAI) -> nnUNet_raw/Dataset504_BraTS2021_FM1.
 
-The RSNA-ASNR-MICCAI challenge.
-Source: RSNA_ASNR_MICCAI_BraTS2021_TrainingData (1251 cases, folders BraTS2021_*).
-Split: no public split of the missing-modality literature; a seeded random 70:10:20 split (recorded).
-FM ratio: 1 % of the training subjects keep all four sequences (9 of about 876); every other one loses 1 to 3 of them
-at random (seeded, recorded in modality_availability.json; validation subjects drawn the same way, separately).
-The paper reports 1 %, 10 % and 50 %: --fm-ratio 0.1, --fm-ratio 0.5.
-Labels: BraTS 2021 writes 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour; nnU-Net trains on the
-regions of its own convention (edema 1, necrosis 2, enhancing 3; its Dataset137). --to-portal maps predictions
-back to 1/2/4 for the BraTS portal (`nnunet-allstage predict --brats-labels 2021` writes them so directly).
+RSNA_ASNR_MICCAI_BraTS2021_TrainingData: 1251 cases (BraTS2021_*), no public missing-modality split: a seeded
+random 70:10:20 split. Labels 1 NCR/NET, 2 ED, 4 ET, as in 2017-2020.
 
     python dataset_conversion/Dataset504_BraTS2021.py /data/RSNA_ASNR_MICCAI_BraTS2021_TrainingData
-    nnunet-allstage plan -d 504 && nnunet-allstage train -d 504 -f 0
-    python dataset_conversion/Dataset504_BraTS2021.py --to-portal PREDICTIONS_FOLDER PORTAL_FOLDER
 """
 import sys
 from functools import partial

@@ -12,11 +12,24 @@ from nnunet_allstage.conversion.labels import inverse_label_map, relabel_folder
 from nnunet_allstage.errors import AllStageError
 
 
+EPILOG = """\
+What every script does: it checks every case first (readable, 3D, finite, on one grid, known label values), then
+writes the dataset into a temporary folder renamed into place at the end, so nothing half-written remains.
+FM ratio: that fraction of the training subjects, round(R * N) and at least one, keeps every sequence; each other
+subject loses 1 to M-1 of them at random (seeded; validation subjects drawn the same way, separately); the paper
+reports 1 %, 10 % and 50 %. What was drawn is recorded in modality_availability.json beside dataset.json.
+Labels: the source's values are mapped to nnU-Net's BraTS region convention (edema 1, necrosis 2, enhancing 3; its
+Dataset137) by the script's LABEL_MAP; --to-portal maps predictions back for the challenge portal
+(`nnunet-allstage predict --brats-labels YEAR` writes such values directly).
+Next: nnunet-allstage plan -d ID, then nnunet-allstage train -d ID -f 0 (see README)."""
+
+
 def dataset_script(doc: str, convert: Callable[..., Path], *, dataset_id: int, fm_ratio: float | None,
                    label_map: dict[int, int] | None, argv: list[str] | None = None) -> int:
     """Runs a dataset_conversion script; ``convert(src, dataset_id=, fm_ratio=, seed=, force=, num_processes=)``
     is the script's call into the library. Returns the exit status (2 on a user error, with the reason)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=doc, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", nargs="?", help="the unpacked training folder")
     parser.add_argument("-d", "--dataset-id", type=int, default=dataset_id, help=f"default {dataset_id}")
     parser.add_argument("--fm-ratio", type=float, default=fm_ratio,
