@@ -98,12 +98,12 @@ def test_summary_means_by_hand_and_the_heatmaps(tmp_path):
     names = ["A", "B"]
     rows = []
     for model, offset in (("m1", 0.0), ("m2", 0.1)):
-        for case, dice in (("c1", 0.2), ("c2", 0.4)):
+        for case, base in (("c1", 0.2), ("c2", 0.4)):
             for code, extra in zip(codes, (0.0, 0.2, 0.4)):
                 label = "+".join(n for n, a in zip(names, code) if a)
                 for region, shift in (("WT", 0.0), ("ET", -0.1)):
                     rows.append({"model": model, "case": case, "combination": label, "available": "", "region": region,
-                                 "dice": dice + extra + offset + shift, "hd95": 10 * (dice + extra)})
+                                 "dice": base + extra + offset + shift, "hd95": 10 * (base + extra)})
     summary = summarise(rows, ["m1", "m2"], codes, names, ["WT", "ET"])
     assert summary["combinations"] == ["A", "B", "A+B"] and summary["num_cases"] == 2
     wt = summary["models"]["m1"]["WT"]

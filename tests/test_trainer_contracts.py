@@ -6,7 +6,6 @@ augmentation-like noise in all channels, so a missing modality that is not zeroe
 pre-hooks on student, teacher and recovering module record their inputs.
 """
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,19 +270,3 @@ def test_compiled_stage4_train_step(dataset, monkeypatch):
     out = t.train_step(batch)
     assert np.isfinite(float(out["loss"])) and changed(before, t.network)
 
-
-def test_every_trainer_is_written_out_and_its_schedule_comes_from_the_class():
-    import inspect
-    import re
-    from nnunet_allstage.training import SCHEDULES, schedule_suffix, trainer_classes
-    classes = trainer_classes()
-    full = {name for name, cls in classes.items() if cls.schedule_epochs is None}
-    assert len(full) == 19 and len(classes) == 19 * (1 + len(SCHEDULES))
-    for name, cls in classes.items():
-        source = Path(inspect.getsourcefile(cls)).read_text()
-        assert re.search(rf"^class {name}\(", source, re.M), f"{name} is not written out in {cls.__module__}"
-        if cls.schedule_epochs is not None:
-            base = name.removesuffix(schedule_suffix(cls.schedule_epochs))
-            assert base in full and cls.__bases__ == (classes[base],), name
-    for base in full:
-        assert {classes[base + "_" + s].schedule_epochs for s in SCHEDULES} == set(SCHEDULES.values())
