@@ -8,6 +8,10 @@ A case's availability is a vector ``a`` in {0,1}^M (1 = the modality is present)
 * **report order** (`combinations`): by number of present modalities, then lexicographically by modality
   index (``itertools.combinations``). For BraTS (FLAIR, T1, T1c, T2) this starts with the four single
   modalities and ends with the full set; every table and CSV uses it.
+
+One name per concept, throughout the package: ``in_source``, what the source folder had; ``available``, what a
+case has in the converted data (after any FM simulation); ``kept``, the subset modality dropout keeps for one
+training step; ``code``, the vector handed to a network (the kept set; all ones for the frozen teacher).
 """
 from __future__ import annotations
 
