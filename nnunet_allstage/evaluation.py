@@ -20,6 +20,8 @@ from tqdm import tqdm
 from nnunet_allstage.checkpoints import is_random_clip, load_predictor
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.image_io import verify_image_file
+from nnunet_allstage.lesionwise import METRICS as LESION_METRICS
+from nnunet_allstage.lesionwise import lesionwise_metrics, load_evaluator
 from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
 from nnunet_allstage.modalities import (code_label, code_markers, combinations, modality_names_from_dataset_json,
                                         subset_to_code)
@@ -97,7 +99,7 @@ def find_test_cases(images: Path, labels: Path, file_ending: str, num_channels: 
     return out
 
 
-def _preprocess(predictor, files: list[Path]):
+def preprocess_case(predictor, files: list[Path]):
     rw = predictor.plans_manager.image_reader_writer_class()
     image, props = rw.read_images([str(f) for f in files])
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -118,12 +120,24 @@ def predict_combination(model: Model, data: torch.Tensor, props: dict, code: Seq
                                                                        p.configuration_manager, p.label_manager, props)
 
 
+METRIC_STYLE = {  # title, scale, higher is better
+    "dice": ("Dice (%)", 100, True), "hd95": ("HD95 (mm)", 1, False),
+    "lesion_dice": ("Lesion-wise Dice (%, BraTS package)", 100, True),
+    "lesion_hd95": ("Lesion-wise HD95 (mm, BraTS package)", 1, False),
+    "lesion_f1": ("Lesion detection F1 (%, BraTS package)", 100, True)}
+METRIC_SETS = {"paper": ("dice", "hd95"), "lesionwise": LESION_METRICS, "both": ("dice", "hd95", *LESION_METRICS)}
+
+
 def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: Path, save_segmentations: bool = False,
-             log=print) -> dict:
+             log=print, metrics: str = "paper") -> dict:
+    """Every model on every case and combination. ``metrics``: the paper's case-wise Dice/HD95 ('paper'), the
+    BraTS challenges' lesion-wise ones through the official package ('lesionwise'), or 'both'."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     dataset_json = models[0].predictor.dataset_json
     names = modality_names_from_dataset_json(dataset_json)
     regions = regions_from_dataset_json(dataset_json)
+    region_names = [r for r, _ in regions]
+    lesion_evaluator = load_evaluator(region_names) if metrics in ("lesionwise", "both") else None
     label_rw = models[0].predictor.plans_manager.image_reader_writer_class()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -136,7 +150,7 @@ def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: 
         for model in models:
             key = (model.predictor.plans_manager.plans_name, model.folder.name.split("__")[-1])
             if key not in preprocessed:
-                preprocessed[key] = _preprocess(model.predictor, files)
+                preprocessed[key] = preprocess_case(model.predictor, files)
             data, props = preprocessed[key]
             for code in codes:
                 seg = predict_combination(model, data, props, code)
@@ -144,37 +158,42 @@ def evaluate(models: list[Model], cases, codes: list[tuple[int, ...]], out_dir: 
                     seg_dir = out_dir / "segmentations" / model.name / code_label(code, names)
                     seg_dir.mkdir(parents=True, exist_ok=True)
                     SimpleITKIO().write_seg(seg, str(seg_dir / label.name), ref_props)
+                lesions = lesionwise_metrics(lesion_evaluator, seg, reference, spacing, region_names) \
+                    if lesion_evaluator is not None else {}
                 for region, (d, h) in region_metrics(seg, reference, spacing, regions).items():
                     rows.append({"model": model.name, "case": case, "combination": code_label(code, names),
-                                 "available": code_markers(code), "region": region, "dice": d, "hd95": h})
+                                 "available": code_markers(code), "region": region, "dice": d, "hd95": h,
+                                 **lesions.get(region, {})})
                 bar.update()
     bar.close()
-    summary = summarise(rows, [m.name for m in models], codes, names, [r for r, _ in regions])
+    summary = summarise(rows, [m.name for m in models], codes, names, region_names, METRIC_SETS[metrics])
     summary["provenance"] = {m.name: m.provenance for m in models}
     summary["warnings"] = [m.warning() for m in models if m.warning()]
     write_outputs(rows, summary, out_dir, names)
     log(markdown_table(summary, names))
-    log(f"evaluation written to {out_dir} (results.csv, summary.json, table.md, dice_heatmap.png, "
-        f"hd95_heatmap.png)")
+    log(f"evaluation written to {out_dir} (results.csv, summary.json, table.md, "
+        + ", ".join(f"{m}_heatmap.png" for m in summary["metrics"]) + ")")
     return summary
 
 
-def summarise(rows: list[dict], model_names: list[str], codes, names, region_names) -> dict:
-    """Mean Dice and HD95 over the cases per model, region and combination (in ``codes``' order), their means over
-    the combinations, and each model's average over the regions."""
+def summarise(rows: list[dict], model_names: list[str], codes, names, region_names,
+              metrics: tuple[str, ...] = ("dice", "hd95")) -> dict:
+    """Per model, region and combination (in ``codes``' order) the mean of each metric over the cases, its mean
+    over the combinations, and each model's average over the regions (NaN values, e.g. lesion-wise metrics of a
+    region empty in both images, are left out of the means)."""
     import pandas as pd
     labels = [code_label(c, names) for c in codes]
-    means = pd.DataFrame(rows).groupby(["model", "region", "combination"])[["dice", "hd95"]].mean()
+    means = pd.DataFrame(rows).groupby(["model", "region", "combination"])[list(metrics)].mean()
     summary = {"modalities": list(names), "combinations": labels, "markers": [code_markers(c) for c in codes],
-               "regions": region_names, "models": {}}
+               "regions": region_names, "metrics": list(metrics), "models": {}}
     for model in model_names:
         per = {}
         for region in region_names:
             table = means.loc[(model, region)].reindex(labels)
-            per[region] = {"dice": table["dice"].tolist(), "hd95": table["hd95"].tolist(),
-                           "mean_dice": float(table["dice"].mean()), "mean_hd95": float(table["hd95"].mean())}
-        per["average"] = {f"mean_{m}": float(np.mean([per[r][f"mean_{m}"] for r in region_names]))
-                          for m in ("dice", "hd95")}
+            per[region] = {key: value for m in metrics
+                           for key, value in ((m, table[m].tolist()), (f"mean_{m}", float(table[m].mean())))}
+        per["average"] = {f"mean_{m}": float(np.nanmean([per[r][f"mean_{m}"] for r in region_names]))
+                          for m in metrics}
         summary["models"][model] = per
     summary["num_cases"] = len({r["case"] for r in rows})
     return summary
@@ -182,10 +201,11 @@ def summarise(rows: list[dict], model_names: list[str], codes, names, region_nam
 
 def markdown_table(summary: dict, names: Sequence[str]) -> str:
     """The paper's Table 1: combinations as columns (one ●/○ row per modality), a mean column, regions x models
-    as rows; Dice in %, then HD95 in mm."""
+    as rows; one block per metric (Dice in %, then HD95 in mm, then the lesion-wise ones when measured)."""
     n = len(summary["combinations"])
     lines = [f"**{w}**\n" for w in summary.get("warnings", [])]
-    for metric, title, scale, fmt in (("dice", "Dice (%)", 100, "{:.2f}"), ("hd95", "HD95 (mm)", 1, "{:.2f}")):
+    for metric in summary.get("metrics", ["dice", "hd95"]):
+        title, scale, _ = METRIC_STYLE[metric]
         lines.append(f"**{title}** over {summary['num_cases']} case(s)\n")
         lines.append("| Region | Method | " + " | ".join(str(i + 1) for i in range(n)) + " | Mean |")
         lines.append("|---|---|" + "---|" * (n + 1))
@@ -193,8 +213,8 @@ def markdown_table(summary: dict, names: Sequence[str]) -> str:
             lines.append(f"| | {name} | " + " | ".join(mk[m] for mk in summary["markers"]) + " | |")
         for region in summary["regions"]:
             for model, per in summary["models"].items():
-                values = [fmt.format(v * scale) for v in per[region][metric]]
-                mean = fmt.format(per[region][f"mean_{metric}"] * scale)
+                values = [f"{v * scale:.2f}" for v in per[region][metric]]
+                mean = f"{per[region][f'mean_{metric}'] * scale:.2f}"
                 lines.append(f"| {region} | {model} | " + " | ".join(values) + f" | **{mean}** |")
         lines.append("")
     return "\n".join(lines)
@@ -202,11 +222,12 @@ def markdown_table(summary: dict, names: Sequence[str]) -> str:
 
 def write_outputs(rows: list[dict], summary: dict, out_dir: Path, names) -> None:
     import pandas as pd
-    pd.DataFrame(rows, columns=["model", "case", "combination", "available", "region", "dice", "hd95"]).to_csv(
-        out_dir / "results.csv", index=False)
+    columns = ["model", "case", "combination", "available", "region", "dice", "hd95"]
+    columns += [m for m in summary.get("metrics", []) if m not in columns]
+    pd.DataFrame(rows, columns=columns).to_csv(out_dir / "results.csv", index=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     (out_dir / "table.md").write_text(markdown_table(summary, names))
-    for metric in ("dice", "hd95"):
+    for metric in summary.get("metrics", ["dice", "hd95"]):
         write_heatmap(summary, metric, out_dir / f"{metric}_heatmap.png")
 
 
@@ -217,18 +238,18 @@ def write_heatmap(summary: dict, metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
-    scale, unit = (100, "Dice (%)") if metric == "dice" else (1, "HD95 (mm)")
+    unit, scale, higher_is_better = METRIC_STYLE[metric]
     table = pd.DataFrame({f"{region} · {model}": [v * scale for v in per[region][metric]]
                           + [per[region][f"mean_{metric}"] * scale]
                           for model, per in summary["models"].items() for region in summary["regions"]},
                          index=summary["combinations"] + ["mean"]).T
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
-    sns.heatmap(table, ax=ax, annot=True, fmt=".0f" if metric == "dice" else ".1f", annot_kws={"fontsize": 6},
-                cmap="viridis" if metric == "dice" else "viridis_r", vmin=0 if metric == "dice" else None,
-                vmax=100 if metric == "dice" else None, cbar_kws={"label": unit})
+    sns.heatmap(table, ax=ax, annot=True, fmt=".0f" if scale == 100 else ".1f", annot_kws={"fontsize": 6},
+                cmap="viridis" if higher_is_better else "viridis_r", vmin=0 if scale == 100 else None,
+                vmax=100 if scale == 100 else None, cbar_kws={"label": unit})
     ax.tick_params(labelsize=8)
     ax.set_xticklabels(ax.get_xticklabels(), rotation=60, ha="right")
-    ax.set_title(f"{unit.split()[0]} per input combination ({summary['num_cases']} case(s))", fontsize=9)
+    ax.set_title(f"{unit} per input combination ({summary['num_cases']} case(s))", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

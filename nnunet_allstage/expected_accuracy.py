@@ -46,7 +46,7 @@ def validation_cases(dataset_name: str, fold) -> list[str]:
 
 def measure(model, dataset_name: str, fold, log=print) -> dict:
     """Per-combination Dice/HD95 of ``model`` on the fold's validation cases; written beside its checkpoint."""
-    from nnunet_allstage.evaluation import _preprocess, predict_combination
+    from nnunet_allstage.evaluation import preprocess_case, predict_combination
     if model.checkpoint is None:
         raise AllStageError("the model was not loaded from a checkpoint file")
     dataset_json = model.predictor.dataset_json
@@ -71,7 +71,7 @@ def measure(model, dataset_name: str, fold, log=print) -> dict:
             if not f.is_file():
                 raise AllStageError(f"validation case {case}: {f} not found")
         reference, props = label_rw.read_seg(str(label))
-        data, preprocessed_props = _preprocess(model.predictor, files)
+        data, preprocessed_props = preprocess_case(model.predictor, files)
         for code in [code for c, code in work if c == case]:
             seg = predict_combination(model, data, preprocessed_props, code)
             scores[code].append(region_metrics(seg, reference[0], props["spacing"], regions))

@@ -60,7 +60,7 @@ def find_input_cases(folder: Path, file_ending: str, modality_names: list[str]) 
     return [InputCase(c.case_id, [c.modality_files[m] for m in BRATS_MODALITIES]) for c in brats], year
 
 
-def _materialise(case: InputCase, tmp: Path, file_ending: str) -> tuple[list[Path], tuple[int, ...]]:
+def materialise_case(case: InputCase, tmp: Path, file_ending: str) -> tuple[list[Path], tuple[int, ...]]:
     """Zero placeholders for missing channels; checks that present ones share a grid. Returns the channel files
     and the code: a channel whose file is absent or all zero (the plugin's convention, as for stock
     nnUNetv2_predict) is missing."""
@@ -96,6 +96,20 @@ def brats_label_map(year: str) -> dict[int, int]:
     return brats_layout(year).brats_output_labels
 
 
+def synthetic_sequences(input_folder: Path, log=print) -> dict[str, list[str]]:
+    """{case: sequences made by `nnunet-allstage synthesize`}, from the synthesized.json of the input folder."""
+    from nnunet_allstage.synthesis import RECORD_FILE
+    record_file = input_folder / RECORD_FILE
+    if not record_file.is_file():
+        return {}
+    cases = {case: sorted(entry["synthetic"]) for case, entry in json.loads(record_file.read_text())["cases"].items()
+             if entry["synthetic"]}
+    if cases:
+        log(f"WARNING: {len(cases)} case(s) of {input_folder} hold SYNTHETIC sequences ({RECORD_FILE}); they are used "
+            f"as if real and listed per case in predictions.json")
+    return cases
+
+
 def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_year: str | None = None,
                    log=print) -> dict[str, str]:
     """Predicts every case; returns {case: 'ok' or the error}."""
@@ -103,6 +117,7 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
     file_ending = p.dataset_json["file_ending"]
     names = modality_names_from_dataset_json(p.dataset_json)
     cases, year = find_input_cases(input_folder, file_ending, names)
+    synthetic = synthetic_sequences(input_folder, log)
     output_folder.mkdir(parents=True, exist_ok=True)
     warning = model.warning()
     if warning:
@@ -119,7 +134,7 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
     with tempfile.TemporaryDirectory() as tmp:
         for case in tqdm(cases, desc="predicting", unit="case", disable=None):
             try:
-                files, code = _materialise(case, Path(tmp), file_ending)
+                files, code = materialise_case(case, Path(tmp), file_ending)
                 image, props = rw.read_images([str(f) for f in files])
                 with network_code(p.network, torch.tensor([code], dtype=torch.float32, device=p.device)):
                     seg = p.predict_single_npy_array(image, props, None, None, False)
@@ -129,9 +144,13 @@ def predict_folder(model, input_folder: Path, output_folder: Path, brats_labels_
                 combination = code_label(code, names)
                 log(f"{case.case_id}: predicted from {combination}")
                 entry = {"sequences": [n for n, c in zip(names, code) if c], "combination": combination,
-                         "expected": None, "warning": None}
+                         "synthetic_sequences": synthetic.get(case.case_id, []), "expected": None, "warning": None}
                 if expected_record is not None:
                     entry["expected"], entry["warning"] = expectation_for(expected_record, combination)
+                if entry["synthetic_sequences"]:
+                    entry["warning"] = " ".join(filter(None, [entry["warning"], (
+                        f"{', '.join(entry['synthetic_sequences'])} synthetic: the expected accuracy was measured "
+                        f"with real sequences")]))
                     if entry["warning"]:
                         log(f"WARNING {case.case_id}: {entry['warning']}")
                 predictions[case.case_id] = entry

@@ -115,3 +115,21 @@ def test_summary_means_by_hand_and_the_heatmaps(tmp_path):
     assert len((tmp_path / "results.csv").read_text().splitlines()) == len(rows) + 1
     assert (tmp_path / "dice_heatmap.png").stat().st_size > 1000 and (tmp_path / "hd95_heatmap.png").is_file()
     assert "| WT | m2 |" in (tmp_path / "table.md").read_text()
+
+
+def test_synthesis_similarity_by_hand():
+    from nnunet_allstage.synthesis import similarity
+    rng = np.random.default_rng(0)
+    real = rng.uniform(100, 200, (20, 20, 20)).astype(np.float32)
+    brain = np.zeros(real.shape, bool)
+    brain[2:18, 2:18, 2:18] = True
+    psnr, ssim = similarity(real, real.copy(), brain)
+    assert psnr == pytest.approx(100.0) and ssim == pytest.approx(1.0)
+    lo, hi = np.percentile(real[brain], [0.5, 99.5])
+    # an offset of a tenth of the percentile range: scaled error 0.1 wherever neither image is clipped
+    shifted = real + 0.1 * (hi - lo)
+    a = np.clip((real - lo) / (hi - lo), 0, 1)[brain]
+    b = np.clip((shifted - lo) / (hi - lo), 0, 1)[brain]
+    expected = 10 * np.log10(1 / np.mean((a - b) ** 2))
+    psnr, ssim = similarity(real, shifted, brain)
+    assert psnr == pytest.approx(expected, rel=1e-6) and 19 < psnr < 21.5 and ssim < 1

@@ -12,7 +12,7 @@ from nnunet_allstage.errors import AllStageError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet-allstage", description="Brain-tumour segmentation with missing MRI sequences on nnU-Net: convert, "
-                                            "plan, train (four stages), validate, predict, evaluate.")
+                                            "plan, train (four stages), validate, predict, synthesize, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
     data.add_commands(sub)
     model.add_commands(sub)

@@ -1,4 +1,4 @@
-"""Sub-commands that train and use models: train, validate, predict, evaluate, demo."""
+"""Sub-commands that train and use models: train, validate, predict, synthesize, evaluate, demo."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,7 +82,19 @@ def cmd_evaluate(args) -> None:
     labels = Path(args.labels) if args.labels else raw / "labelsTs"
     cases = find_test_cases(images, labels, dj["file_ending"], len(names))
     out = Path(args.o) if args.o else nnunet_folder("nnUNet_results") / name / f"allstage_evaluation_fold{args.fold}"
-    evaluate(models, cases, parse_combinations(args.combinations, names), out, args.save_segmentations)
+    evaluate(models, cases, parse_combinations(args.combinations, names), out, args.save_segmentations,
+             metrics=args.metrics)
+
+
+def cmd_synthesize(args) -> None:
+    from nnunet_allstage.environment import dataset_name_from_id, model_folder
+    from nnunet_allstage.synthesis import evaluate_synthesis, load_synthesizer, synthesize_folder
+    folder = model_folder(dataset_name_from_id(args.dataset_id), args.tr, args.p, args.c)
+    synth = load_synthesizer(folder, _fold(args.fold), args.checkpoint, _device(args.device))
+    if args.evaluate:
+        evaluate_synthesis(synth, Path(args.i), Path(args.o))
+    else:
+        synthesize_folder(synth, Path(args.i), Path(args.o), with_inputs=args.with_inputs)
 
 
 def cmd_demo(args) -> None:
@@ -144,7 +156,23 @@ def add_commands(sub) -> None:
     p.add_argument("--combinations", default="all", help="'all' or e.g. 'FLAIR,T1c+T2'")
     p.add_argument("-o", help="output folder (default nnUNet_results/DatasetX/allstage_evaluation_foldF)")
     p.add_argument("--save-segmentations", action="store_true")
+    p.add_argument("--metrics", choices=["paper", "lesionwise", "both"], default="paper",
+                   help="the paper's case-wise Dice/HD95, the BraTS challenges' lesion-wise ones (official "
+                        "brats-evaluation package: pip install \"nnunet-allstage[brats]\"), or both")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("synthesize", help="write the sequences each case lacks, made by the final model's recovering "
+                                          "module (or, with --evaluate, measure them against real ones)")
+    p.add_argument("-i", required=True, help="nnU-Net-named files, or one folder per case in BraTS naming")
+    p.add_argument("-o", required=True)
+    _model_options(p)
+    p.add_argument("--with-inputs", action="store_true",
+                   help="copy the real sequences too, so that -o holds complete cases (synthesized.json marks "
+                        "which files are synthetic)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="on cases with every sequence: drop each combination in turn, synthesize, and report "
+                        "PSNR/SSIM inside the brain per sequence and combination (table and picture)")
+    p.set_defaults(func=cmd_synthesize, disable_tta=True)
 
     p = sub.add_parser("demo", help="synthetic end-to-end run on the CPU (minutes)")
     p.add_argument("--workdir", default="demo_output", help="where data, nnU-Net folders and results go")
