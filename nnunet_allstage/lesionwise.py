@@ -21,7 +21,7 @@ from nnunet_allstage.metrics import BRATS_MAX_HD95
 
 # nnU-Net's region values (edema 1, necrosis 2, enhancing 3) -> the BraTS 2023 glioma labels the package expects
 GLI_FROM_NNUNET = {0: 0, 1: 2, 2: 1, 3: 3}
-GROUP_OF_REGION = {"whole tumor": "wt", "tumor core": "tc", "enhancing tumor": "et"}
+GROUP_OF_REGION = {"WT": "wt", "TC": "tc", "ET": "et"}  # our region names -> the package's groups
 METRICS = ("lesion_dice", "lesion_hd95", "lesion_f1")
 
 

@@ -133,3 +133,39 @@ def test_synthesis_similarity_by_hand():
     expected = 10 * np.log10(1 / np.mean((a - b) ** 2))
     psnr, ssim = similarity(real, shifted, brain)
     assert psnr == pytest.approx(expected, rel=1e-6) and 19 < psnr < 21.5 and ssim < 1
+
+
+def test_lesionwise_metrics_by_hand_through_the_official_package(tmp_path):
+    """Two enhancing lesions in the reference; the prediction finds one (exactly, then shifted by a voxel), misses
+    the other, adds a spurious enhancing blob and an edema-only blob (nnU-Net's label values: edema 1, enhancing 3)."""
+    from nnunet_allstage.lesionwise import lesionwise_metrics, load_evaluator
+    from nnunet_allstage.metrics import BRATS_MAX_HD95
+    regions = ["WT", "TC", "ET"]
+    evaluator = load_evaluator(regions)
+    reference = np.zeros((40, 40, 40), np.uint8)
+    reference[5:10, 5:10, 5:10] = 3
+    reference[25:30, 25:30, 25:30] = 3
+    prediction = np.zeros_like(reference)
+    prediction[5:10, 5:10, 5:10] = 3
+    prediction[5:10, 25:30, 5:10] = 3  # spurious enhancing lesion
+    prediction[30:35, 5:10, 30:35] = 1  # spurious edema: a whole-tumour lesion only
+    m = lesionwise_metrics(evaluator, prediction, reference, (1.0, 1.0, 1.0), regions)
+    for region in ("TC", "ET"):  # TP 1, FP 1, FN 1
+        assert m[region]["lesion_dice"] == pytest.approx(1.0) and m[region]["lesion_hd95"] == pytest.approx(0.0)
+        assert m[region]["lesion_f1"] == pytest.approx(2 / (2 + 1 + 1))
+    assert m["WT"]["lesion_f1"] == pytest.approx(2 / (2 + 2 + 1))  # the edema blob is one more FP
+
+    shifted = np.zeros_like(reference)
+    shifted[6:11, 5:10, 5:10] = 3  # overlap 4 x 5 x 5 of 125 voxels each: Dice 200 / 250
+    m = lesionwise_metrics(evaluator, shifted, reference, (1.0, 1.0, 1.0), regions)
+    assert m["ET"]["lesion_dice"] == pytest.approx(0.8)
+    assert m["ET"]["lesion_f1"] == pytest.approx(2 / (2 + 0 + 1))
+
+    empty = np.zeros_like(reference)
+    only_prediction = lesionwise_metrics(evaluator, prediction, empty, (1.0, 1.0, 1.0), regions)["ET"]
+    assert only_prediction["lesion_dice"] == 0 and only_prediction["lesion_hd95"] == BRATS_MAX_HD95
+    both_empty = lesionwise_metrics(evaluator, empty, empty, (1.0, 1.0, 1.0), regions)["ET"]
+    assert np.isnan(both_empty["lesion_dice"])  # the package's convention: no value, left out of means
+
+    with pytest.raises(Exception, match="BraTS glioma regions"):
+        load_evaluator(["foreground"])

@@ -402,7 +402,7 @@ def test_evaluate_table_has_the_papers_shape(workspace):
         pytest.skip("needs stage 4 and the baseline")
     out = workspace["root"] / "evaluation"
     assert main(["evaluate", "-d", str(DATASET_ID), "-f", "0", "-tr", *trainers, "-device", "cpu",
-                 "--disable_tta", "-o", str(out)]) == 0
+                 "--disable_tta", "-o", str(out), "--metrics", "both"]) == 0
     import csv
     rows = list(csv.DictReader(open(out / "results.csv")))
     n_cases = len(list((raw_folder(workspace) / "imagesTs").glob("*_0000.nii.gz")))
@@ -425,8 +425,12 @@ def test_evaluate_table_has_the_papers_shape(workspace):
     assert summary["warnings"][0] in table
     header = next(line for line in table.splitlines() if line.startswith("| Region"))
     assert header.count("|") == 2 + 15 + 1 + 1
-    assert sum(line.startswith("| WT |") for line in table.splitlines()) == 4  # 2 models x (Dice, HD95)
+    # 2 models x (Dice, HD95, and the BraTS package's lesion-wise Dice, HD95 and detection F1)
+    assert sum(line.startswith("| WT |") for line in table.splitlines()) == 10
+    assert "Lesion-wise Dice" in table and {"lesion_dice", "lesion_hd95", "lesion_f1"} <= set(rows[0])
+    assert summary["metrics"] == ["dice", "hd95", "lesion_dice", "lesion_hd95", "lesion_f1"]
     assert (out / "dice_heatmap.png").stat().st_size > 5000 and (out / "hd95_heatmap.png").is_file()
+    assert (out / "lesion_dice_heatmap.png").is_file() and (out / "lesion_f1_heatmap.png").is_file()
 
 
 def test_validate_then_predict_quotes_expected_accuracy(workspace, tmp_path):
