@@ -151,6 +151,15 @@ def forward_with_features(network: nn.Module, x: torch.Tensor, code: torch.Tenso
     return network.decoder(skips), skips
 
 
+def freeze_unused_heads(network: nn.Module) -> nn.Module:
+    """A planned U-Net built without deep supervision still holds its lower-resolution segmentation layers, which
+    then take no part in the loss. Under DDP (nnU-Net's wrapper has no find_unused_parameters) parameters that get
+    no gradient stop training at the second step, so those layers are frozen; state-dict keys are unchanged."""
+    for layer in network.decoder.seg_layers[:-1]:
+        layer.requires_grad_(False)
+    return network
+
+
 def unwrap(network: nn.Module) -> nn.Module:
     """The module inside DDP and torch.compile wrappers."""
     network = getattr(network, "module", network)  # DDP

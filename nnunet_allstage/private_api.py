@@ -6,6 +6,8 @@ removes or renames one fails that test, naming the attribute, instead of failing
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -15,6 +17,7 @@ PRIVATE_ATTRIBUTES = {
     "MetaLogger.local_logger.my_fantastic_logging": "nnU-Net's per-epoch log values (we add our own keys)",
     "torch OptimizedModule._orig_mod": "the module inside a torch.compile wrapper",
     "numpy _core.multiarray._reconstruct": "an array pickle global that nnU-Net's checkpoints need",
+    "nnunetv2...nnUNetTrainer module's DDP": "the DDP class nnUNetTrainer.initialize wraps with (CUDA device ids)",
 }
 
 
@@ -38,3 +41,25 @@ def numpy_checkpoint_globals() -> list:
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+@contextmanager
+def nnunet_ddp_on_cpu(device: torch.device):
+    """nnUNetTrainer.initialize wraps the network in DDP with ``device_ids=[rank]``, which only CUDA modules take.
+    On the CPU (gloo; our tests) the wrapper it finds is DDP without device ids; on a GPU nothing changes."""
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as module
+    if device.type != "cpu":
+        yield
+        return
+    original = module.DDP
+    module.DDP = lambda network, device_ids=None, **kwargs: original(network, **kwargs)
+    try:
+        yield
+    finally:
+        module.DDP = original
+
+
+def ddp(module: torch.nn.Module, device: torch.device, rank: int) -> torch.nn.Module:
+    """DDP as nnU-Net wraps its network: device ids on a GPU, none on the CPU."""
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(module, device_ids=[rank] if device.type == "cuda" else None)

@@ -12,7 +12,18 @@ from nnunet_allstage import private_api
 def test_the_list_is_what_this_test_checks():
     assert set(private_api.PRIVATE_ATTRIBUTES) == {
         "nnUNetTrainer.my_init_kwargs", "nnUNetTrainer._best_ema", "MetaLogger.local_logger.my_fantastic_logging",
-        "torch OptimizedModule._orig_mod", "numpy _core.multiarray._reconstruct"}
+        "torch OptimizedModule._orig_mod", "numpy _core.multiarray._reconstruct",
+        "nnunetv2...nnUNetTrainer module's DDP"}
+
+
+def test_nnunet_trainer_module_wraps_with_ddp_by_that_name():
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as module
+    from torch.nn.parallel import DistributedDataParallel
+    assert getattr(module, "DDP", None) is DistributedDataParallel, (
+        "nnUNetTrainer's module no longer names DistributedDataParallel DDP: update private_api.nnunet_ddp_on_cpu")
+    with private_api.nnunet_ddp_on_cpu(torch.device("cpu")):
+        assert module.DDP is not DistributedDataParallel
+    assert module.DDP is DistributedDataParallel
 
 
 @pytest.mark.parametrize("attribute", ["my_init_kwargs", "_best_ema"])

@@ -270,3 +270,69 @@ def test_compiled_stage4_train_step(dataset, monkeypatch):
     out = t.train_step(batch)
     assert np.isfinite(float(out["loss"])) and changed(before, t.network)
 
+
+
+def _ddp_stage4_worker(rank: int, world: int, init_file: str, out: str, steps: int) -> None:
+    """One rank of a CPU DDP run of stage 4 through the trainer's own code paths; writes what it saw."""
+    import json
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        t = build("AllStageTrainer_1epoch")
+        t.load_predecessors()
+        t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+        teacher_before = params(t.teacher)
+        seen, outputs = [], []
+        for _ in range(steps):
+            t.network.train()
+            outputs.append(t.train_step(next(t.dataloader_train)))
+            flat = {name: torch.cat([p.detach().flatten() for p in module.parameters()])
+                    for name, module in (("student", t.network), ("g", t.recovery))}
+            gathered = {name: [torch.zeros_like(v) for _ in range(world)] for name, v in flat.items()}
+            for name, v in flat.items():
+                dist.all_gather(gathered[name], v)
+            seen.append({name: all(torch.equal(g, gathered[name][0]) for g in gathered[name]) for name in flat})
+        t.on_train_epoch_end(outputs)
+        logged = {k: v[-1] for k, v in private_api_epoch_log(t).items() if k.startswith("train_") and v}
+        local_task = float(np.mean([float(o["task"]) for o in outputs]))
+        t.save_checkpoint(os.path.join(out, "checkpoint.pth"))
+        # stage 1 under nnU-Net's own DDP wrapper: its unused lower-resolution heads must not stop the second step
+        mae = build("AllStageMAETrainer_1epoch")
+        mae.dataloader_train, mae.dataloader_val = mae.get_dataloaders()
+        mae_losses = [float(mae.train_step(next(mae.dataloader_train))["loss"]) for _ in range(2)]
+        dist.barrier()
+        record = {"same_after_step": seen, "teacher_unchanged": not changed(teacher_before, t.teacher),
+                  "teacher_wrapped": type(t.teacher).__name__, "student_wrapped": type(t.network).__name__,
+                  "recovery_wrapped": type(t.recovery).__name__, "logged": logged, "local_task": local_task,
+                  "batch_size": t.batch_size, "device": str(t.device), "mae_losses": mae_losses,
+                  "mae_wrapped": type(mae.network).__name__}
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(record, f, default=float)
+    finally:
+        dist.destroy_process_group()
+
+
+def private_api_epoch_log(trainer):
+    from nnunet_allstage.private_api import epoch_log
+    return epoch_log(trainer.logger)
+
+
+def test_stage4_under_ddp_with_gloo_on_the_cpu(dataset, tmp_path):
+    """Two processes: student and g identical on both ranks after every step, the teacher neither wrapped nor
+    changed, the epoch's loss terms the mean over ranks, one checkpoint, nnU-Net's per-rank batch; stage 1 takes
+    two steps under nnU-Net's own DDP wrapper (before the fix its unused heads stopped the second)."""
+    import json
+    import torch.multiprocessing as mp
+    out = tmp_path / "ddp"
+    out.mkdir()
+    mp.spawn(_ddp_stage4_worker, args=(2, str(tmp_path / "init"), str(out), 3), nprocs=2, join=True)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["device"] == "cpu" and r["batch_size"] == 1  # the planned batch of 2, split over 2 ranks
+        assert all(step["student"] and step["g"] for step in r["same_after_step"]), r["same_after_step"]
+        assert r["teacher_unchanged"] and r["teacher_wrapped"] == "HyperSegNetwork"
+        assert r["student_wrapped"] == "DistributedDataParallel" and r["recovery_wrapped"] == "DistributedDataParallel"
+    assert ranks[0]["logged"] == ranks[1]["logged"]
+    assert ranks[0]["logged"]["train_task_loss"] == pytest.approx((ranks[0]["local_task"] + ranks[1]["local_task"]) / 2)
+    assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint.pth"]
+    assert all(r["mae_wrapped"] == "DistributedDataParallel" and np.isfinite(r["mae_losses"]).all() for r in ranks)

@@ -25,7 +25,7 @@ from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_rec
                                         read_availability, write_availability)
 from nnunet_allstage.networks import network_code, unwrap
 from nnunet_allstage.planning import check_preprocessed_availability
-from nnunet_allstage.private_api import epoch_log, trainer_checkpoint_fields
+from nnunet_allstage.private_api import epoch_log, nnunet_ddp_on_cpu, trainer_checkpoint_fields
 from nnunet_allstage.training import schedule_suffix, trainer_class
 from nnunet_allstage.training.optim import segmentation_optimizer
 
@@ -64,6 +64,8 @@ class AllStageTrainerBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and device.type == "cpu":  # nnU-Net sets cuda under DDP; gloo on the CPU (tests) keeps cpu
+            self.device, self.grad_scaler = device, None
         self.allstage_config: AllStageConfig = load_config(self.preprocessed_dataset_folder_base)
         self.modality_names = modality_names_from_dataset_json(dataset_json)
         if self.schedule_epochs:
@@ -85,7 +87,8 @@ class AllStageTrainerBase(nnUNetTrainer):
     def initialize(self):
         if self.allstage_config.seed >= 0:
             seed_everything(self.allstage_config.seed + self.local_rank)
-        super().initialize()
+        with nnunet_ddp_on_cpu(self.device):
+            super().initialize()
         self._load_availability()
         self.print_to_log_file(f"nnunet-allstage {self.stage_name}: options {describe(self.allstage_config)}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
@@ -13,7 +12,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.losses import multi_level_mad, reconstruction_loss
 from nnunet_allstage.masking import fill_missing, mask_input, zero_missing
-from nnunet_allstage.networks import forward_with_features, transfer_weights
+from nnunet_allstage.networks import forward_with_features, freeze_unused_heads, transfer_weights
+from nnunet_allstage.private_api import ddp
 from nnunet_allstage.training.base import AllStageTrainerBase, SegmentationOptimizerMixin, unwrap
 from nnunet_allstage.training.mae import AllStageMAETrainer
 from nnunet_allstage.training.segmentation import (AllStageHyperTrainer, AllStageHyperTrainer_Binary, HyperNetworkMixin,
@@ -149,6 +149,7 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
             self.recovery = AllStageMAETrainer.build_network_architecture(
                 self.plans_manager, self.configuration_manager, num_inputs, num_inputs).to(self.device)
             self.recovery.requires_grad_(self.train_recovery)
+            freeze_unused_heads(self.recovery)
         self.teacher = self.build_teacher()
         super().initialize()
         if self.teacher_is_hyper and not torch.equal(unwrap(self.network).code_table.cpu(),
@@ -156,8 +157,8 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
             raise AllStageError(f"the stage-2 teacher's modality-code embeddings differ from this run's "
                                 f"({self.code_table_description}): train stage 2 with the same CLIP options, or set "
                                 f"them as stage 2 had them")
-        if self.is_ddp and self.train_recovery:
-            self.recovery = DDP(self.recovery, device_ids=[self.local_rank])
+        if self.is_ddp and self.trains_recovery:
+            self.recovery = ddp(self.recovery, self.device, self.local_rank)
 
     @property
     def trains_recovery(self) -> bool:

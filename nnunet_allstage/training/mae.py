@@ -11,6 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_allstage.losses import reconstruction_loss
 from nnunet_allstage.masking import mask_input, zero_missing
+from nnunet_allstage.networks import freeze_unused_heads
 from nnunet_allstage.training.base import AllStageTrainerBase
 from nnunet_allstage.training.optim import adam_cosine
 
@@ -99,8 +100,8 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision: bool = True):
-        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                        num_input_channels, enable_deep_supervision=False)
+        return freeze_unused_heads(nnUNetTrainer.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_input_channels, enable_deep_supervision=False))
 
     def configure_optimizers(self):
         return adam_cosine([{"params": list(self.network.parameters())}], self.initial_lr, self.weight_decay,
