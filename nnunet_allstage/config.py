@@ -60,6 +60,7 @@ class AllStageConfig:
     num_epochs: int = 0
     save_every: int = 0  # checkpoint_latest every this many epochs
     seed: int = -1  # >= 0: seeds Python, numpy and torch, deterministic torch algorithms (with nnUNet_n_proc_DA=0)
+    num_threads: int = 0  # > 0: torch's CPU threads (nnU-Net takes every core); the same count gives the same sums
     preview_cases: int = 2
 
     @property

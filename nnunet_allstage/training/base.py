@@ -85,6 +85,8 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     # ------------------------------------------------------------------ availability
     def initialize(self):
+        if self.allstage_config.num_threads > 0:
+            torch.set_num_threads(self.allstage_config.num_threads)
         if self.allstage_config.seed >= 0:
             seed_everything(self.allstage_config.seed + self.local_rank)
         with nnunet_ddp_on_cpu(self.device):
