@@ -470,10 +470,7 @@ def test_validate_then_predict_quotes_expected_accuracy(workspace, tmp_path):
         assert quoted["expected"] is None and "accuracy unknown" in quoted["warning"]
 
 
-# (trainer, what must be in its training log), in an order that trains each predecessor first. The binary twins of
-# NoDataRefinement, NoHyperTeacher and DAFinetune differ from the rows here only in the code table; their train_step
-# is checked in tests/test_trainer_contracts.py.
-ABLATIONS = [
+ABLATIONS = [  # (trainer, what must be in its training log), in an order that trains each predecessor first
     ("AllStageMAEFinetuneTrainer_1epoch", "initialised from stage 1"),
     ("AllStageDAFinetuneTrainer_1epoch", "initialised from stage 3"),
     ("AllStageDAHyperTrainer_1epoch", "initialised from stage 3"),
@@ -482,8 +479,11 @@ ABLATIONS = [
     ("AllStageTrainer_NoHyperTeacher_1epoch", "frozen teacher (plain U-Net)"),
     ("AllStageHyperTrainer_Binary_1epoch", "binary codes"),
     ("AllStageMAEDATrainer_Binary_1epoch", "hyper-network, full-modality code"),
+    ("AllStageDAFinetuneTrainer_Binary_1epoch", "initialised from stage 3"),
     ("AllStageDAHyperTrainer_Binary_1epoch", "initialised from stage 3"),
     ("AllStageTrainer_ModelDistNoMAE_Binary_1epoch", "hyper-network, full-modality code"),
+    ("AllStageTrainer_NoDataRefinement_Binary_1epoch", "recovering module initialised from stage 3"),
+    ("AllStageTrainer_NoHyperTeacher_Binary_1epoch", "frozen teacher (plain U-Net)"),
     ("AllStageTrainer_Binary_1epoch", "recovering module initialised from stage 3"),
 ]
 
