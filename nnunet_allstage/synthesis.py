@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from nnunet_allstage.checkpoints import safe_load
+from nnunet_allstage.environment import nnunet_folder
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.modalities import (code_label, combinations, modality_names_from_dataset_json,
                                         read_availability)
@@ -76,11 +77,13 @@ def load_synthesizer(folder: Path, fold, checkpoint_name: str, device: torch.dev
 
 def intensity_reference(model_folder: Path, dataset_name: str, names: list[str]) -> dict | None:
     """The training data's typical scale per modality (see the module docstring); cached in the model folder."""
-    import os
     cache = model_folder / REFERENCE_FILE
     if cache.is_file():
         return json.loads(cache.read_text())
-    raw = Path(os.environ.get("nnUNet_raw", "")) / dataset_name
+    try:
+        raw = nnunet_folder("nnUNet_raw") / dataset_name
+    except AllStageError:
+        return None
     if not (raw / "dataset.json").is_file():
         return None
     availability = read_availability(raw)["cases"]
@@ -101,12 +104,12 @@ def intensity_reference(model_folder: Path, dataset_name: str, names: list[str])
     return reference
 
 
-def synthesize_arrays(synth: Synthesizer, files: list[Path], code: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def synthesize_arrays(synth: Synthesizer, case: tuple, code: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(g's output in z-scores, one channel per modality, on the grid of the input files; the brain mask), from
-    the channels ``code`` keeps (the others are zeroed, as for a case that lacks them)."""
-    from nnunet_allstage.evaluation import preprocess_case
+    the channels ``code`` keeps (the others are zeroed, as for a case that lacks them). ``case`` is what
+    `read_case` returns, so a case is read and preprocessed once for all its combinations."""
+    data, props, images = case
     p = synth.predictor
-    data, props = preprocess_case(p, files)
     data = data * torch.tensor(code, dtype=data.dtype).view(-1, *([1] * (data.ndim - 1)))
     with torch.no_grad():
         z = p.predict_logits_from_preprocessed_data(data).float()
@@ -121,9 +124,15 @@ def synthesize_arrays(synth: Synthesizer, files: list[Path], code: tuple[int, ..
     bbox = props["bbox_used_for_cropping"]
     full[(slice(None), *[slice(lo, hi) for lo, hi in bbox])] = z
     full = full.transpose([0] + [i + 1 for i in pm.transpose_backward])
-    images = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f, keep in zip(files, code) if keep]
-    brain = np.any([im != 0 for im in images], axis=0)
+    brain = np.any([images[c] != 0 for c, keep in enumerate(code) if keep], axis=0)
     return full, brain
+
+
+def read_case(synth: Synthesizer, files: list[Path]) -> tuple:
+    """The case preprocessed as for segmentation, and its images as arrays (for the brain mask)."""
+    from nnunet_allstage.evaluation import preprocess_case
+    data, props = preprocess_case(synth.predictor, files)
+    return data, props, [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files]
 
 
 def to_intensity(z: np.ndarray, brain: np.ndarray, reference: dict | None, name: str) -> np.ndarray:
@@ -149,7 +158,7 @@ def synthesize_folder(synth: Synthesizer, input_folder: Path, output_folder: Pat
                 missing = [c for c, keep in enumerate(code) if not keep]
                 entry = {"real": [synth.names[c] for c in range(len(code)) if code[c]], "synthetic": {}}
                 if missing:
-                    z, brain = synthesize_arrays(synth, files, code)
+                    z, brain = synthesize_arrays(synth, read_case(synth, files), code)
                     grid = sitk.ReadImage(str(files[code.index(1)]))
                     for c in missing:
                         image = sitk.GetImageFromArray(to_intensity(z[c], brain, synth.reference, synth.names[c]))
@@ -213,9 +222,10 @@ def evaluate_synthesis(synth: Synthesizer, input_folder: Path, output_folder: Pa
     rows, examples = [], {}
     bar = tqdm(total=len(complete) * len(codes), desc="synthesis vs real", unit="combination", disable=None)
     for case in complete:
-        real = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.float32) for f in case.files]
+        prepared = read_case(synth, list(case.files))
+        real = [image.astype(np.float32) for image in prepared[2]]
         for code in codes:
-            z, brain = synthesize_arrays(synth, list(case.files), code)
+            z, brain = synthesize_arrays(synth, prepared, code)
             for c in (c for c, keep in enumerate(code) if not keep):
                 synthetic = to_intensity(z[c], brain, synth.reference, synth.names[c])
                 mask = brain & (real[c] != 0)
