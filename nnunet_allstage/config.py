@@ -62,6 +62,9 @@ class AllStageConfig:
     seed: int = -1  # >= 0: seeds Python, numpy and torch, deterministic torch algorithms (with nnUNet_n_proc_DA=0)
     num_threads: int = 0  # > 0: torch's CPU threads (nnU-Net takes every core); the same count gives the same sums
     preview_cases: int = 2
+    # CPU training: 'keep' = freed memory stays in the process (no fresh pages for each step's activations; faster,
+    # a little more peak memory); 'glibc' = glibc's defaults (Linux; elsewhere nothing changes)
+    cpu_allocator: str = "keep"
 
     @property
     def full_set_p(self) -> float | None:
@@ -89,6 +92,8 @@ class AllStageConfig:
             raise AllStageError(f"recovery_lr_scale must be >= 0, got {self.recovery_lr_scale}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise AllStageError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+        if self.cpu_allocator not in ("keep", "glibc"):
+            raise AllStageError(f"cpu_allocator must be 'keep' or 'glibc', got {self.cpu_allocator!r}")
         if self.mask_patch_size < 1 or self.kd_pool_size < 1 or self.kd_num_levels < 1:
             raise AllStageError("mask_patch_size, kd_pool_size and kd_num_levels must be positive")
         return self

@@ -30,19 +30,27 @@ def _rows(feature: torch.Tensor) -> torch.Tensor:
     return feature.flatten(2).transpose(1, 2).reshape(-1, feature.shape[1])
 
 
-def uncertainty_weights(teacher_logits: torch.Tensor, grid: tuple[int, ...], regions: bool) -> torch.Tensor:
-    """Per-position weights (B * prod(grid),), summing to 1: the teacher's predictive entropy (sum of binary
-    entropies of its sigmoid region outputs, or the softmax entropy) pooled to the feature grid."""
+def predictive_entropy(teacher_logits: torch.Tensor, regions: bool) -> torch.Tensor:
+    """(B, 1, *S) the teacher's predictive entropy: the sum of binary entropies of its sigmoid region outputs, or
+    the softmax entropy."""
     logits = teacher_logits.detach().float()
     if regions:
         p = torch.sigmoid(logits)
-        entropy = F.binary_cross_entropy_with_logits(logits, p, reduction="none").sum(1, keepdim=True)
-    else:
-        logp = torch.log_softmax(logits, 1)
-        entropy = -(logp.exp() * logp).sum(1, keepdim=True)
+        return F.binary_cross_entropy_with_logits(logits, p, reduction="none").sum(1, keepdim=True)
+    logp = torch.log_softmax(logits, 1)
+    return -(logp.exp() * logp).sum(1, keepdim=True)
+
+
+def entropy_weights(entropy: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Per-position weights (B * prod(grid),), summing to 1: an entropy map pooled to the feature grid."""
     pool = F.adaptive_avg_pool3d if entropy.ndim == 5 else F.adaptive_avg_pool2d
     w = pool(entropy, grid).flatten().clamp(min=0) + 1e-12
     return w / w.sum()
+
+
+def uncertainty_weights(teacher_logits: torch.Tensor, grid: tuple[int, ...], regions: bool) -> torch.Tensor:
+    """MAD's weights: the teacher's predictive entropy pooled to the feature grid, summing to 1."""
+    return entropy_weights(predictive_entropy(teacher_logits, regions), grid)
 
 
 def mad_loss(student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -59,7 +67,8 @@ def multi_level_mad(student_features, teacher_features, teacher_logits: torch.Te
                     regions: bool) -> torch.Tensor:
     """Sum of MAD over matching feature levels, each pooled to at most max_size per axis."""
     total = teacher_logits.new_zeros((), dtype=torch.float32)
+    entropy = predictive_entropy(teacher_logits, regions)  # once at full resolution, pooled to each level
     for fs, ft in zip(student_features, teacher_features):
         fs, ft = pool_to_grid(fs, max_size), pool_to_grid(ft, max_size)
-        total = total + mad_loss(fs, ft, uncertainty_weights(teacher_logits, tuple(fs.shape[2:]), regions))
+        total = total + mad_loss(fs, ft, entropy_weights(entropy, tuple(fs.shape[2:])))
     return total

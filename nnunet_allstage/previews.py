@@ -10,10 +10,13 @@ from nnunet_allstage.masking import mask_input, modality_dropout, zero_missing
 
 
 def _centred_patch(data: np.ndarray, seg: np.ndarray, patch_size) -> np.ndarray:
-    """A patch of the planned size around the foreground centre (or the volume centre), zero-padded."""
-    spatial = data.shape[1:]
+    """A patch of the planned size around the foreground centre (or the volume centre), zero-padded. A 2d
+    configuration's patch comes from the slice (first axis, as nnU-Net's 2d slices) through that centre."""
     fg = np.argwhere(np.asarray(seg[0]) > 0)
-    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(spatial) // 2
+    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(data.shape[1:]) // 2
+    if len(patch_size) == data.ndim - 2:
+        data, centre = data[:, int(centre[0])], centre[1:]
+    spatial = data.shape[1:]
     out = np.zeros((data.shape[0], *patch_size), dtype=np.float32)
     src, dst = [], []
     for c, p, s in zip(centre, patch_size, spatial):
@@ -42,14 +45,16 @@ def write_reconstruction_preview(trainer, dataset, key: str, out: Path, seed: in
     masked = mask_input(patch, kept, cfg.mask_patch_size, cfg.mask_ratio, generator=generator)
     with trainer.autocast():
         reconstruction = trainer.network(masked).float()
-    z = patch.shape[2] // 2
+    # a 3d patch is shown by its middle slice; a 2d patch is the slice
+    middle = (patch.shape[2] // 2,) if patch.ndim == 5 else ()
     columns = ["input (after MDrop)", "masked input", "reconstruction", "ground truth"]
     names = trainer.modality_names
     fig, axes = plt.subplots(len(names), 4, figsize=(10, 2.6 * len(names)), squeeze=False)
     for row, name in enumerate(names):
-        gt = patch[0, row, z].cpu().numpy()
+        at = (0, row, *middle)
+        gt = patch[at].cpu().numpy()
         lo, hi = (np.percentile(gt, 1), np.percentile(gt, 99)) if available[0, row] else (-2, 3)
-        panels = [zero_missing(patch, kept)[0, row, z], masked[0, row, z], reconstruction[0, row, z], patch[0, row, z]]
+        panels = [zero_missing(patch, kept)[at], masked[at], reconstruction[at], patch[at]]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(panel.cpu().numpy().T, cmap="gray", vmin=lo, vmax=hi, origin="lower")

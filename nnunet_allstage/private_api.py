@@ -18,6 +18,7 @@ PRIVATE_ATTRIBUTES = {
     "torch OptimizedModule._orig_mod": "the module inside a torch.compile wrapper",
     "numpy _core.multiarray._reconstruct": "an array pickle global that nnU-Net's checkpoints need",
     "nnunetv2...nnUNetTrainer module's DDP": "the DDP class nnUNetTrainer.initialize wraps with (CUDA device ids)",
+    "nnUNetTrainer._do_i_compile": "nnU-Net's rule for compiling the network (device, OS, nnUNet_compile)",
 }
 
 
@@ -34,6 +35,23 @@ def epoch_log(logger) -> dict[str, list]:
 def compiled_inner(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a torch.compile wrapper (the module itself when not compiled)."""
     return getattr(module, "_orig_mod", module)
+
+
+def nnunet_compiles(trainer) -> bool:
+    """Whether nnU-Net compiles this trainer's network (on a GPU by default; never on the CPU or mps)."""
+    return trainer._do_i_compile()
+
+
+@contextmanager
+def nnunet_compiling_everywhere():
+    """nnU-Net's compile rule switched on for every device (benchmarks of compiled steps on the CPU)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    original = nnUNetTrainer._do_i_compile
+    nnUNetTrainer._do_i_compile = lambda self: True
+    try:
+        yield
+    finally:
+        nnUNetTrainer._do_i_compile = original
 
 
 def numpy_checkpoint_globals() -> list:

@@ -283,6 +283,29 @@ def test_one_code_for_a_batch_of_windows_and_2d():
         assert flat(torch.randn(2, 4, 16, 16), torch.ones(2, 4))[0].shape == (2, 3, 16, 16)
 
 
+@pytest.mark.parametrize("conv_dims", [3, 2])
+def test_hyper_head_is_each_samples_own_1x1_convolutions(conv_dims):
+    """The batched matrix products of the head equal, sample by sample, three ordinary 1x1 convolutions with the
+    generated weights (the grouped convolution it replaced)."""
+    torch.manual_seed(0)
+    head = _hyper(conv_dims).hyper_head
+    spatial = (6, 5, 4)[:conv_dims]
+    features, bottleneck = torch.randn(2, 8, *spatial), torch.randn(2, 32, *(2,) * conv_dims)
+    embedding = torch.randn(1, 16)
+    conv = torch.nn.functional.conv3d if conv_dims == 3 else torch.nn.functional.conv2d
+    with torch.no_grad():
+        out = head(features, bottleneck, embedding)
+        params = head.generate(bottleneck, embedding)
+        for b in range(2):
+            h = head.feature_proj(features[b:b + 1])
+            for i in range(3):
+                w = params[i][b].view(-1, 8, *(1,) * conv_dims)
+                h = conv(h, w, params[3 + i][b])
+                h = torch.relu(h) if i < 2 else h
+            assert torch.allclose(out[b:b + 1], h, atol=1e-5)
+    assert out.shape == (2, 3, *spatial)
+
+
 def test_bfloat16_autocast_through_the_head_and_every_loss():
     from nnunet_allstage.losses import multi_level_mad, reconstruction_loss
     torch.manual_seed(0)

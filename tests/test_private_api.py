@@ -13,7 +13,7 @@ def test_the_list_is_what_this_test_checks():
     assert set(private_api.PRIVATE_ATTRIBUTES) == {
         "nnUNetTrainer.my_init_kwargs", "nnUNetTrainer._best_ema", "MetaLogger.local_logger.my_fantastic_logging",
         "torch OptimizedModule._orig_mod", "numpy _core.multiarray._reconstruct",
-        "nnunetv2...nnUNetTrainer module's DDP"}
+        "nnunetv2...nnUNetTrainer module's DDP", "nnUNetTrainer._do_i_compile"}
 
 
 def test_nnunet_trainer_module_wraps_with_ddp_by_that_name():
@@ -24,6 +24,17 @@ def test_nnunet_trainer_module_wraps_with_ddp_by_that_name():
     with private_api.nnunet_ddp_on_cpu(torch.device("cpu")):
         assert module.DDP is not DistributedDataParallel
     assert module.DDP is DistributedDataParallel
+
+
+def test_nnunet_trainer_decides_compilation_by_that_name(monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    assert "self._do_i_compile()" in inspect.getsource(nnUNetTrainer.initialize), (
+        "nnUNetTrainer.initialize no longer asks _do_i_compile: update private_api.nnunet_compiles")
+    trainer = object.__new__(nnUNetTrainer)
+    trainer.device = torch.device("cpu")
+    trainer.print_to_log_file = lambda *a, **k: None
+    monkeypatch.setenv("nnUNet_compile", "t")
+    assert private_api.nnunet_compiles(trainer) is False  # nnU-Net never compiles on the CPU
 
 
 @pytest.mark.parametrize("attribute", ["my_init_kwargs", "_best_ema"])

@@ -263,13 +263,15 @@ def test_compiled_stage4_train_step(dataset, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
     t = build("AllStageTrainer_1epoch")
-    assert hasattr(t.network, "_orig_mod")  # the student is a compiled module
+    # the student is a compiled module, and so are the teacher and g, which run beside it every step
+    assert all(hasattr(m, "_orig_mod") for m in (t.network, t.teacher, t.recovery))
     t.load_predecessors()
+    teacher_before, recovery_before = params(t.teacher), params(t.recovery)
     before = params(t.network)
     batch, available = noisy_batch(t)
     out = t.train_step(batch)
     assert np.isfinite(float(out["loss"])) and changed(before, t.network)
-
+    assert not changed(teacher_before, t.teacher) and changed(recovery_before, t.recovery)
 
 
 def _ddp_stage4_worker(rank: int, world: int, init_file: str, out: str, steps: int) -> None:

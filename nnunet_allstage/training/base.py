@@ -18,7 +18,7 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_allstage.checkpoints import safe_load
 from nnunet_allstage.config import AllStageConfig, check_same_options, describe, load_config
-from nnunet_allstage.environment import model_folder
+from nnunet_allstage.environment import keep_freed_memory_in_process, model_folder
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.masking import modality_dropout, zero_missing
 from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_record, modality_names_from_dataset_json,
@@ -91,6 +91,10 @@ class AllStageTrainerBase(nnUNetTrainer):
             seed_everything(self.allstage_config.seed + self.local_rank)
         with nnunet_ddp_on_cpu(self.device):
             super().initialize()
+        if self.device.type == "cpu" and self.allstage_config.cpu_allocator == "keep" and \
+                keep_freed_memory_in_process():
+            self.print_to_log_file("CPU: freed memory stays in the process (no page faults for each step's "
+                                   "activations)")
         self._load_availability()
         self.print_to_log_file(f"nnunet-allstage {self.stage_name}: options {describe(self.allstage_config)}")
 

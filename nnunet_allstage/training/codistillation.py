@@ -13,7 +13,7 @@ from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.losses import multi_level_mad, reconstruction_loss
 from nnunet_allstage.masking import fill_missing, mask_input, zero_missing
 from nnunet_allstage.networks import forward_with_features, freeze_unused_heads, transfer_weights
-from nnunet_allstage.private_api import ddp
+from nnunet_allstage.private_api import ddp, nnunet_compiles
 from nnunet_allstage.training.base import AllStageTrainerBase, SegmentationOptimizerMixin, unwrap
 from nnunet_allstage.training.mae import AllStageMAETrainer
 from nnunet_allstage.training.segmentation import (AllStageHyperTrainer, AllStageHyperTrainer_Binary, HyperNetworkMixin,
@@ -52,7 +52,14 @@ class FrozenTeacherMixin:
         teacher.requires_grad_(False)
         kind = "hyper-network, full-modality code" if self.teacher_is_hyper else "plain U-Net"
         self.print_to_log_file(f"frozen teacher ({kind}) loaded from {path}")
-        return teacher.to(self.device).eval()
+        return self.compiled_like_the_network(teacher.to(self.device).eval())
+
+    def compiled_like_the_network(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The teacher and g run every step beside the network: compiled wherever nnU-Net compiles the network."""
+        if not nnunet_compiles(self):
+            return module
+        self.print_to_log_file(f"Using torch.compile for the {type(module).__name__} beside the network")
+        return torch.compile(module)
 
     def teacher_forward(self, x: torch.Tensor):
         """The teacher's outputs and encoder features, in full-modality mode where it has a hyper-network."""
@@ -149,11 +156,11 @@ class AllStageTrainer(HyperNetworkMixin, SegmentationOptimizerMixin, FrozenTeach
             self.recovery = AllStageMAETrainer.build_network_architecture(
                 self.plans_manager, self.configuration_manager, num_inputs, num_inputs).to(self.device)
             self.recovery.requires_grad_(self.train_recovery)
-            freeze_unused_heads(self.recovery)
+            self.recovery = self.compiled_like_the_network(freeze_unused_heads(self.recovery))
         self.teacher = self.build_teacher()
         super().initialize()
         if self.teacher_is_hyper and not torch.equal(unwrap(self.network).code_table.cpu(),
-                                                     self.teacher.code_table.cpu()):
+                                                     unwrap(self.teacher).code_table.cpu()):
             raise AllStageError(f"the stage-2 teacher's modality-code embeddings differ from this run's "
                                 f"({self.code_table_description}): train stage 2 with the same CLIP options, or set "
                                 f"them as stage 2 had them")
