@@ -39,6 +39,38 @@ def make_trainer(dataset_id: int, trainer_name: str, device: torch.device, plans
     return trainer
 
 
+def use_dataset(args) -> Path:
+    """The synthetic default when ``args.dataset_id`` is None, else the user's planned dataset, whose untrained
+    predecessor checkpoints go to a scratch results folder under --workdir: in the user's own, a later
+    `nnunet-allstage train` would take them for finished stages. Returns the workdir."""
+    from nnunet_allstage.environment import apply_default_env
+    workdir = Path(args.workdir).resolve()
+    if args.dataset_id is None:
+        args.dataset_id = prepare_synthetic(workdir)
+    else:
+        os.environ["nnUNet_results"] = str(workdir / "nnUNet_results")
+        apply_default_env()
+    os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
+    return workdir
+
+
+def ready_to_step(trainer) -> dict:
+    """Initialised ``trainer`` set for training steps without an epoch (predecessors are not loaded: weights do
+    not change a step's cost); returns one batch of its training data loader."""
+    trainer.on_train_epoch_start = lambda: None
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    trainer.network.train()
+    if getattr(trainer, "recovery", None) is not None:
+        trainer.recovery.train()
+    return next(trainer.dataloader_train)
+
+
+def copy_batch(batch: dict) -> dict:
+    """A fresh copy of a batch (a training step moves and changes its tensors)."""
+    return {k: (v.clone() if hasattr(v, "clone") else [t.clone() for t in v] if isinstance(v, list) else v)
+            for k, v in batch.items()}
+
+
 def untrained_checkpoint(dataset_id: int, trainer_name: str, device: torch.device, plans: str = "nnUNetPlans",
                          configuration: str = "3d_fullres", fold=0) -> Path:
     """checkpoint_final.pth of an initialised, untrained trainer, where nnU-Net would put it."""

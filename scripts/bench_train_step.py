@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import make_trainer, predecessor_checkpoints, prepare_synthetic  # noqa: E402
+from bench_common import copy_batch, make_trainer, predecessor_checkpoints, ready_to_step, use_dataset  # noqa: E402
 
 TRAINERS = ["nnUNetTrainer", "AllStageDropoutTrainer", "AllStageMAETrainer", "AllStageHyperTrainer",
             "AllStageMAEDATrainer", "AllStageTrainer"]
@@ -66,18 +66,10 @@ def child(args) -> None:
     trainer = make_trainer(args.dataset_id, args.child, device, args.p)
     with nnunet_compiling_everywhere() if args.compile else nullcontext():
         trainer.initialize()
-    # predecessors are not loaded: weights do not change the cost of a step
-    trainer.on_train_epoch_start = lambda: None
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    batch = next(trainer.dataloader_train)
-    trainer.network.train()
-    if hasattr(trainer, "recovery"):
-        trainer.recovery.train()
+    batch = ready_to_step(trainer)
 
     def step():
-        b = {k: (v.clone() if hasattr(v, "clone") else ([t.clone() for t in v] if isinstance(v, list) else v))
-             for k, v in batch.items()}
-        trainer.train_step(b)
+        trainer.train_step(copy_batch(batch))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -116,18 +108,7 @@ def main() -> None:
                              "stock included, keeps freed memory in the process, as our trainers do on the CPU)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workdir = Path(args.workdir).resolve()
-    if args.dataset_id is None:
-        args.dataset_id = prepare_synthetic(workdir)
-    else:
-        import os
-        from nnunet_allstage.environment import apply_default_env
-        # the untrained predecessor checkpoints go to a scratch results folder: in the user's own, a later
-        # `nnunet-allstage train` would take them for finished stages
-        os.environ["nnUNet_results"] = str(workdir / "nnUNet_results")
-        apply_default_env()
-    import os
-    os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
+    workdir = use_dataset(args)
     if args.child:
         return child(args)
     if args.compile and args.warmup < 2:
@@ -142,8 +123,8 @@ def main() -> None:
 
 def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: int, workdir: Path,
                   trainers: list[str], rounds: int = 1, compile: bool = False, glibc_allocator: bool = False) -> dict:
-    """{trainer: {median_s, peak_mb, patch, batch, rounds_s}}, each trainer in its own process, in every round;
-    the fastest round's median counts. Untrained predecessors."""
+    """{trainer: {median_s, peak_mb, patch, batch}}, each trainer in its own process, in every round; the
+    fastest round counts. Untrained predecessors."""
     import os
     import torch
     predecessor_checkpoints(dataset_id, torch.device("cpu"), plans)
@@ -158,9 +139,8 @@ def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: 
                 print(f"{name}: failed\n{out.stderr[-2000:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            best = results.get(name)
-            seen = (best["rounds_s"] if best else []) + [r["median_s"]]
-            results[name] = {**(r if best is None or r["median_s"] < best["median_s"] else best), "rounds_s": seen}
+            if name not in results or r["median_s"] < results[name]["median_s"]:
+                results[name] = r
             print(f"round {round_ + 1}/{rounds}  {name:<24} {r['median_s'] * 1000:9.1f} ms/it   "
                   f"peak {r['peak_mb']:8.0f} MB", flush=True)
     return results

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import make_trainer, predecessor_checkpoints, prepare_synthetic  # noqa: E402
+from bench_common import copy_batch, make_trainer, predecessor_checkpoints, ready_to_step, use_dataset  # noqa: E402
 
 PROFILED = ["nnUNetTrainer", "AllStageMAETrainer", "AllStageHyperTrainer", "AllStageTrainer"]
 
@@ -35,20 +35,10 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def copy_batch(batch: dict) -> dict:
-    return {k: (v.clone() if hasattr(v, "clone") else [t.clone() for t in v] if isinstance(v, list) else v)
-            for k, v in batch.items()}
-
-
 def ready_trainer(dataset_id: int, name: str, plans: str):
     trainer = make_trainer(dataset_id, name, torch.device("cpu"), plans)
     trainer.initialize()
-    trainer.on_train_epoch_start = lambda: None
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    trainer.network.train()
-    if getattr(trainer, "recovery", None) is not None:
-        trainer.recovery.train()
-    return trainer, next(trainer.dataloader_train)
+    return trainer, ready_to_step(trainer)
 
 
 def profile_step(trainer, batch, top: int) -> float:
@@ -119,14 +109,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     import os
-    workdir = Path(args.workdir).resolve()
-    if args.dataset_id is None:
-        args.dataset_id = prepare_synthetic(workdir)
-    else:
-        from nnunet_allstage.environment import apply_default_env
-        os.environ["nnUNet_results"] = str(workdir / "nnUNet_results")  # untrained predecessors: not yours
-        apply_default_env()
-    os.environ.setdefault("NNUNET_ALLSTAGE_CLIP_PRETRAINED", "random-test-only")
+    use_dataset(args)
     os.environ["nnUNet_n_proc_DA"] = "0"
     predecessor_checkpoints(args.dataset_id, torch.device("cpu"), args.p)
     steps = {}
