@@ -84,7 +84,9 @@ LADDERS = {
                Row("stage 2, MDrop keeps the full set with p = 0.5", "AllStageHyperTrainer",
                    {"full_set_probability": "0.5"}),
                Row("stage 4, MDrop keeps the full set with p = 0.5", "AllStageTrainer",
-                   {"full_set_probability": "0.5"})],
+                   {"full_set_probability": "0.5"}),
+               Row("stage 4, student from stage 2, paper optimiser in stages 2 and 4", "AllStageTrainer",
+                   {"student_init": "stage2", "segmentation_optimizer": "paper"})],
 }
 
 
