@@ -51,6 +51,9 @@ class Row:
     trainer: str
     options: dict = field(default_factory=dict)  # NNUNET_ALLSTAGE_* options of this row
     budget: int = 1  # multiple of the per-trainer iteration budget
+    # > 0: another training run of the row's own trainer (its predecessors shared), to measure training noise: the
+    # paired difference between two runs of one recipe is what a single comparison can show by chance
+    rerun: int = 0
 
 
 BASELINES = [Row("nnU-Net + MDrop (same budget per trainer)", "AllStageDropoutTrainer"),
@@ -86,7 +89,10 @@ LADDERS = {
                Row("stage 4, MDrop keeps the full set with p = 0.5", "AllStageTrainer",
                    {"full_set_probability": "0.5"}),
                Row("stage 4, student from stage 2, paper optimiser in stages 2 and 4", "AllStageTrainer",
-                   {"student_init": "stage2", "segmentation_optimizer": "paper"})],
+                   {"student_init": "stage2", "segmentation_optimizer": "paper"}),
+               Row("stage 2 again: a second training run of row 1 (training noise)", "AllStageHyperTrainer",
+                   rerun=1),
+               Row("stage 4 again: a second training run of row 2 (training noise)", "AllStageTrainer", rerun=1)],
 }
 
 
@@ -118,11 +124,12 @@ def config_with(options: dict):
         os.environ.update(saved)
 
 
-def job_key(trainer: str, options: dict, budget: int) -> str:
-    """Identity of one training run: the trainer, the options that matter to it and its predecessors, the budget."""
+def job_key(trainer: str, options: dict, budget: int, rerun: int = 0) -> str:
+    """Identity of one training run: the trainer, the options that matter to it and its predecessors, the budget,
+    and which run of them it is (predecessors are always the first run)."""
     cls = trainer_class(trainer)
     relevant = {k: v for k, v in options.items() if k in cls.options_that_matter()}
-    parts = [trainer, json.dumps(relevant, sort_keys=True), str(budget)]
+    parts = [trainer, json.dumps(relevant, sort_keys=True), str(budget)] + ([f"rerun{rerun}"] if rerun else [])
     parts += [job_key(p, options, 1) for p in cls.predecessor_names(config_with(options))]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:10]
 
@@ -134,13 +141,13 @@ class Jobs:
         self.root, self.dataset, self.plans, self.args, self.base_env = root, dataset, plans, args, base_env
         self.minutes: dict[str, float] = {}
 
-    def folder(self, trainer: str, options: dict, budget: int) -> Path:
-        key = job_key(trainer, options, budget)
+    def folder(self, trainer: str, options: dict, budget: int, rerun: int = 0) -> Path:
+        key = job_key(trainer, options, budget, rerun)
         return self.root / key / self.dataset / f"{trainer}__{self.plans}__3d_fullres"
 
-    def train(self, trainer: str, options: dict, budget: int = 1) -> Path:
+    def train(self, trainer: str, options: dict, budget: int = 1, rerun: int = 0) -> Path:
         from nnunet_allstage.pipeline import run_training, train_command
-        folder = self.folder(trainer, options, budget)
+        folder = self.folder(trainer, options, budget, rerun)
         if (folder / "fold_all" / "checkpoint_final.pth").is_file():
             return folder
         env = {**self.base_env, **{f"NNUNET_ALLSTAGE_{k.upper()}": v for k, v in options.items()},
@@ -155,12 +162,12 @@ class Jobs:
         folder.parent.mkdir(parents=True, exist_ok=True)
         t = time.time()
         run_training(train_command(STUDY_DATASET_ID, "all", trainer, plans=self.plans, device=self.args.device),
-                     f"{trainer} {options or ''} x{budget}", env)
+                     f"{trainer} {options or ''} x{budget}" + (f" run {rerun + 1}" if rerun else ""), env)
         self.minutes[str(folder)] = (time.time() - t) / 60
         return folder
 
-    def chain_minutes(self, trainer: str, options: dict, budget: int = 1) -> float:
-        own = self.minutes.get(str(self.folder(trainer, options, budget)), float("nan"))
+    def chain_minutes(self, trainer: str, options: dict, budget: int = 1, rerun: int = 0) -> float:
+        own = self.minutes.get(str(self.folder(trainer, options, budget, rerun)), float("nan"))
         return own + sum(self.chain_minutes(p, options)
                          for p in trainer_class(trainer).predecessor_names(config_with(options)))
 
@@ -255,17 +262,19 @@ def run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: 
 
 def rows_of_saved_seed(saved: dict, fingerprint: dict) -> tuple | None:
     """A saved seed's result for these rows, or None. A seed evaluated with more rows serves any subset of them:
-    rows are the same run when trainer, options and budget agree, whatever they were labelled."""
+    rows are the same run when trainer, options, budget and run agree, whatever they were labelled."""
     if {k: v for k, v in saved["fingerprint"].items() if k != "rows"} != \
             {k: v for k, v in fingerprint.items() if k != "rows"}:
         return None
+
+    def run_of(row: dict) -> tuple:
+        return row["trainer"], json.dumps(row["options"], sort_keys=True), row["budget"], row.get("rerun", 0)
+
     saved_label = {}
     for row in saved["fingerprint"]["rows"]:
-        saved_label.setdefault((row["trainer"], json.dumps(row["options"], sort_keys=True), row["budget"]),
-                               row["label"])
+        saved_label.setdefault(run_of(row), row["label"])
     try:
-        labels = {row["label"]: saved_label[(row["trainer"], json.dumps(row["options"], sort_keys=True),
-                                             row["budget"])] for row in fingerprint["rows"]}
+        labels = {row["label"]: saved_label[run_of(row)] for row in fingerprint["rows"]}
     except KeyError:
         return None
     dice, hd95, minutes, summary, times = saved["result"]
@@ -295,7 +304,7 @@ def _run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir:
                 "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1")}
     jobs = Jobs(workdir / "runs", train_raw.name, plans, args, base_env)
     t = time.time()
-    folders = {row.label: jobs.train(row.trainer, row.options, row.budget) for row in rows}
+    folders = {row.label: jobs.train(row.trainer, row.options, row.budget, row.rerun) for row in rows}
     training_minutes = (time.time() - t) / 60
 
     import torch
@@ -307,7 +316,7 @@ def _run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir:
     t = time.time()
     summary = evaluate(models, cases, combinations(4), workdir / "evaluation")
     minutes = {row.label: (jobs.minutes.get(str(folders[row.label]), float("nan")),
-                           jobs.chain_minutes(row.trainer, row.options, row.budget)) for row in rows}
+                           jobs.chain_minutes(row.trainer, row.options, row.budget, row.rerun)) for row in rows}
     return (per_case_dice(workdir / "evaluation" / "results.csv"),
             {m: summary["models"][m]["average"]["mean_hd95"] for m in summary["models"]}, minutes, summary,
             {"training_min": round(training_minutes, 1), "evaluation_min": round((time.time() - t) / 60, 1)})

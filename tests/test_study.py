@@ -30,6 +30,13 @@ def test_jobs_are_shared_exactly_where_the_options_do_not_matter():
     assert key("AllStageHyperTrainer", {"segmentation_optimizer": "paper"}, 1) != key("AllStageHyperTrainer", {}, 1)
     assert key("AllStageMAETrainer", {"segmentation_optimizer": "paper"}, 1) == key("AllStageMAETrainer", {}, 1)
     assert key("AllStageDropoutTrainer", {}, 4) != key("AllStageDropoutTrainer", {}, 1)
+    # a second run of a row is a run of its own, and the first run keeps the key it always had
+    assert key("AllStageTrainer", {}, 1, 1) != key("AllStageTrainer", {}, 1) == key("AllStageTrainer", {}, 1, 0)
+    # ... on the same predecessors: the folders it links are those of the first runs
+    jobs = study_real.Jobs(Path("/r"), "D", "P", None, {})
+    assert jobs.folder("AllStageTrainer", {}, 1, 1) != jobs.folder("AllStageTrainer", {}, 1)
+    reruns = [r for r in study_real.LADDERS["recipe"] if r.rerun]
+    assert [(r.trainer, r.options) for r in reruns] == [("AllStageHyperTrainer", {}), ("AllStageTrainer", {})]
 
 
 def summary(tmp_path):
@@ -78,5 +85,7 @@ def test_resume_reads_a_subset_of_the_rows_a_seed_was_evaluated_with():
     # a row it never ran, or other settings, mean training again
     other_options = [study_real.Row("x", "AllStageTrainer", {"student_init": "stage2"})]
     assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in other_options], **settings}) is None
+    second_run = [study_real.Row("stage 4 again", "AllStageTrainer", rerun=1)]
+    assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in second_run], **settings}) is None
     assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in wanted],
                                                  **{**settings, "epochs": 4}}) is None
