@@ -330,6 +330,11 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated row numbers of the ladder (0-based; default: all); "
                                        "LADDER:N takes row N of another ladder, e.g. --rows 0,1,2,3,4,recipe:3")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (FM draw and training)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are FIRST_SEED, FIRST_SEED+1, ...: new FM draws beside a study that ran the first ones")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="leave out the two nnU-Net + MDrop rows (only for more runs of rows whose baselines were "
+                             "measured before: every ladder's table needs them)")
     parser.add_argument("--workdir", default="study_output")
     parser.add_argument("--spacing", type=float, default=4.0, help="target spacing in mm (CPU-affordable)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per trainer")
@@ -351,7 +356,7 @@ def main() -> None:
     from nnunet_allstage.environment import apply_default_env
     from nnunet_allstage.errors import AllStageError
 
-    rows = select_rows(args.ladder, args.rows) + BASELINES
+    rows = select_rows(args.ladder, args.rows) + ([] if args.no_baselines else BASELINES)
     workdir = Path(args.workdir).resolve()
     if not args.resume:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -383,7 +388,7 @@ def main() -> None:
     print("=" * 100)
     results = []
     try:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             results.append(run_seed(seed, rows, train_cases, test_source, workdir / f"seed{seed}", args))
     except AllStageError as e:
         sys.exit(f"error: {e}")
@@ -392,6 +397,7 @@ def main() -> None:
                          args.reference - 1)
     total = round((time.time() - start) / 60, 1)
     settings = {"ladder": args.ladder, "rows": [row.__dict__ for row in rows], "seeds": args.seeds,
+                "first_seed": args.first_seed,
                 "spacing_mm": args.spacing, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
                 "fm_ratio": args.fm_ratio, "device": args.device, "cpu_cores": os.cpu_count(),
                 "train_cases": [c.case_id for c in train_cases], "test_cases": [c.case_id for c in test_cases],
