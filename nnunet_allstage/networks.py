@@ -168,9 +168,10 @@ def unwrap(network: nn.Module) -> nn.Module:
 
 @contextmanager
 def network_code(network: nn.Module, code: torch.Tensor | None):
-    """Hands ``code`` to a HyperSegNetwork for the calls nnU-Net's own train/validation steps make."""
+    """Hands ``code`` to a network that takes one (a HyperSegNetwork, or any module with ``code_override``) for the
+    calls nnU-Net's own train/validation steps and its predictor make."""
     target = unwrap(network)
-    if not isinstance(target, HyperSegNetwork) or code is None:
+    if not hasattr(target, "code_override") or code is None:
         yield
         return
     target.code_override = code

@@ -167,9 +167,15 @@ class Jobs:
         return folder
 
     def chain_minutes(self, trainer: str, options: dict, budget: int = 1, rerun: int = 0) -> float:
-        own = self.minutes.get(str(self.folder(trainer, options, budget, rerun)), float("nan"))
-        return own + sum(self.chain_minutes(p, options)
-                         for p in trainer_class(trainer).predecessor_names(config_with(options)))
+        """Training minutes of the run and of every run it starts from, each counted once (stage 4's teacher is
+        also stage 3's, and with student_init=stage2 its student's start)."""
+        return sum(self.minutes.get(f, float("nan")) for f in self.chain_folders(trainer, options, budget, rerun))
+
+    def chain_folders(self, trainer: str, options: dict, budget: int = 1, rerun: int = 0) -> set[str]:
+        folders = {str(self.folder(trainer, options, budget, rerun))}
+        for predecessor in trainer_class(trainer).predecessor_names(config_with(options)):
+            folders |= self.chain_folders(predecessor, options)
+        return folders
 
 
 def per_case_dice(results_csv: Path) -> dict:

@@ -395,6 +395,54 @@ def test_synthesize_fills_missing_sequences_marks_them_and_evaluates_them(worksp
         assert (tmp_path / "eval" / name).is_file()
 
 
+def test_teacher_probe_is_the_stage4_teacher_in_each_situation(workspace):
+    """probe_models: the stage-2 model as deployed, and the same frozen model in full-modality mode on zeros and on
+    g's fill-ins, recomputed here from the checkpoints; with every sequence present the three are one model."""
+    import pandas as pd
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_allstage.checkpoints import safe_load
+    from nnunet_allstage.errors import AllStageError
+    from nnunet_allstage.evaluation import evaluate
+    from nnunet_allstage.masking import fill_missing
+    from nnunet_allstage.networks import network_code
+    from nnunet_allstage.teacher_probe import probe_models, probe_summary
+    trainer = "AllStageTrainer_1epoch"
+    if not (output_folder(workspace, trainer) / "checkpoint_final.pth").is_file():
+        pytest.skip("needs stage 4")
+    deployed, on_zeros, on_fill = probe_models(output_folder(workspace, trainer).parent, 0, torch.device("cpu"))
+    assert deployed.folder.name.startswith("AllStageHyperTrainer_1epoch__")
+    p = deployed.predictor
+    g = nnUNetTrainer.build_network_architecture(p.plans_manager, p.configuration_manager, 4, 4, False).eval()
+    g.load_state_dict(safe_load(output_folder(workspace, trainer) / "checkpoint_final.pth")["allstage"]["recovery_weights"])
+    teacher = p.network.eval()
+    x = torch.randn(1, 4, *p.configuration_manager.patch_size)
+    ones = torch.ones(1, 4)
+    for code in ([1.0, 0.0, 1.0, 0.0], [1.0] * 4):
+        code = torch.tensor([code])
+        xz = x * code.view(1, 4, 1, 1, 1)
+        with torch.no_grad():
+            with network_code(on_zeros.predictor.network, code):
+                zeros_out = on_zeros.predictor.network(xz)
+            with network_code(on_fill.predictor.network, code):
+                fill_out = on_fill.predictor.network(xz)
+            assert torch.allclose(zeros_out, teacher(xz, ones), atol=1e-5)
+            assert torch.allclose(fill_out, teacher(fill_missing(xz, code, g(xz)), ones), atol=1e-5)
+            assert torch.allclose(fill_out, zeros_out, atol=1e-5) == bool(code.all())
+    # through nnU-Net's predictor in evaluate: with every sequence the three give one segmentation
+    raw = raw_folder(workspace)
+    case = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    files = [raw / "imagesTs" / f"{case}_{c:04d}.nii.gz" for c in range(4)]
+    out = workspace["root"] / "probe"
+    evaluate([deployed, on_zeros, on_fill], [(case, files, raw / "labelsTs" / f"{case}.nii.gz")],
+             [(1, 0, 1, 0), (1, 1, 1, 1)], out)
+    rows = probe_summary(pd.read_csv(out / "results.csv"), deployed.name)
+    assert [r["model"] for r in rows] == [deployed.name, on_zeros.name, on_fill.name]
+    assert rows[0]["complete"] == rows[1]["complete"] == rows[2]["complete"]
+    assert rows[2]["delta"] == pytest.approx(rows[2]["incomplete"] - rows[0]["incomplete"]) and rows[2]["cases"] == 1
+    with pytest.raises(AllStageError, match="no recovering module or no hyper-teacher"):
+        probe_models(output_folder(workspace, "AllStageHyperTrainer_1epoch").parent, 0, torch.device("cpu"))
+
+
 def test_evaluate_table_has_the_papers_shape(workspace):
     from nnunet_allstage.cli import main
     trainers = ["AllStageTrainer_1epoch", "AllStageDropoutTrainer_1epoch"]
