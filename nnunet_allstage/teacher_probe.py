@@ -94,7 +94,7 @@ def probe_models(stage4_folder: Path, fold, device: torch.device, checkpoint_nam
     return models
 
 
-def probe_summary(results: "pandas.DataFrame", reference: str) -> list[dict]:
+def probe_summary(results, reference: str) -> list[dict]:
     """Per model: mean Dice (over regions, cases and combinations) on the incomplete combinations and with every
     sequence, and the per-case paired difference to ``reference`` on the incomplete ones (mean, standard error over
     cases, cases where it is higher). ``results`` has evaluate's results.csv columns."""

@@ -23,10 +23,12 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage4", required=True, help="a trained AllStageTrainer model folder (Trainer__Plans__Config)")
+    parser.add_argument("--stage4", required=True,
+                        help="a trained AllStageTrainer model folder (Trainer__Plans__Config)")
     parser.add_argument("-f", "--fold", default="0")
-    parser.add_argument("--test", required=True, help="an nnU-Net raw dataset folder whose imagesTr/labelsTr (or "
-                                                      "imagesTs/labelsTs, where it holds cases) hold test cases with every sequence")
+    parser.add_argument("--test", required=True,
+                        help="an nnU-Net raw dataset folder whose imagesTs/labelsTs (where they hold cases, else "
+                             "imagesTr/labelsTr) hold test cases with every sequence")
     parser.add_argument("-o", "--output", default="probe_output")
     parser.add_argument("--checkpoint", default="checkpoint_final.pth")
     parser.add_argument("--device", default="cpu")

@@ -12,6 +12,8 @@ iterations of the four stages together (the compute-matched baseline: what the m
     python scripts/study_real.py --ladder recipe --rows 0,1,2  # some rows of the recipe ladder
     python scripts/study_real.py --ladder table4 --rows 0,1,2,3,4,recipe:3   # a row of another ladder too
     python scripts/study_real.py --test-src /data/other_brats  # a test folder in any BraTS layout
+    python scripts/study_real.py --ladder recipe --rows 0,10   # stage 2 twice: how far two runs of one recipe land
+    python scripts/study_real.py --ladder recipe --rows 0,1 --no-baselines --first-seed 2   # more seeds, new FM draws
 
 Without --test-src, the four cases of the 12-case BraTS 2018 sample that split 3 puts in its test set are held
 back and the other eight train. Each seed converts its own simulated dataset (FM draw) and trains every row
@@ -337,7 +339,8 @@ def main() -> None:
                                        "LADDER:N takes row N of another ladder, e.g. --rows 0,1,2,3,4,recipe:3")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (FM draw and training)")
     parser.add_argument("--first-seed", type=int, default=0,
-                        help="seeds are FIRST_SEED, FIRST_SEED+1, ...: new FM draws beside a study that ran the first ones")
+                        help="seeds are FIRST_SEED, FIRST_SEED+1, ...: new FM draws beside a study that ran the "
+                             "first ones")
     parser.add_argument("--no-baselines", action="store_true",
                         help="leave out the two nnU-Net + MDrop rows (only for more runs of rows whose baselines were "
                              "measured before: every ladder's table needs them)")

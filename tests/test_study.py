@@ -37,7 +37,8 @@ def test_jobs_are_shared_exactly_where_the_options_do_not_matter():
     assert jobs.folder("AllStageTrainer", {}, 1, 1) != jobs.folder("AllStageTrainer", {}, 1)
     reruns = [r for r in study_real.LADDERS["recipe"] if r.rerun]
     # a chain's minutes count each run once: stage 1 under stages 2 and 3, stage 2 as teacher and as stage 3's
-    minutes = {"AllStageMAETrainer": 1.0, "AllStageHyperTrainer": 2.0, "AllStageMAEDATrainer": 4.0, "AllStageTrainer": 8.0}
+    minutes = {"AllStageMAETrainer": 1.0, "AllStageHyperTrainer": 2.0, "AllStageMAEDATrainer": 4.0,
+               "AllStageTrainer": 8.0}
     jobs.minutes = {str(jobs.folder(t, {}, 1)): m for t, m in minutes.items()}
     assert jobs.chain_minutes("AllStageTrainer", {}) == 15.0
     jobs.minutes.update({str(jobs.folder("AllStageTrainer", {"student_init": "stage2"}, 1)): 8.0})
