@@ -92,9 +92,10 @@ LADDERS = {
                    {"full_set_probability": "0.5"}),
                Row("stage 4, student from stage 2, paper optimiser in stages 2 and 4", "AllStageTrainer",
                    {"student_init": "stage2", "segmentation_optimizer": "paper"}),
-               Row("stage 2 again: a second training run of row 1 (training noise)", "AllStageHyperTrainer",
+               Row("stage 2 again: a second training run of the same recipe (training noise)", "AllStageHyperTrainer",
                    rerun=1),
-               Row("stage 4 again: a second training run of row 2 (training noise)", "AllStageTrainer", rerun=1)],
+               Row("stage 4 again: a second training run of the same recipe (training noise)", "AllStageTrainer",
+                   rerun=1)],
 }
 
 
