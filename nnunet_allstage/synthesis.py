@@ -49,7 +49,6 @@ def load_synthesizer(folder: Path, fold, checkpoint_name: str, device: torch.dev
     """g of a trained stage-4 model folder, in nnU-Net's predictor (sliding window, preprocessing)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     path = folder / f"fold_{fold}" / checkpoint_name
@@ -64,15 +63,22 @@ def load_synthesizer(folder: Path, fold, checkpoint_name: str, device: torch.dev
     names = modality_names_from_dataset_json(dataset_json)
     plans_manager = PlansManager(load_json(str(folder / "plans.json")))
     configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-    network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, len(names), len(names),
-                                                       enable_deep_supervision=False)
-    network.load_state_dict(weights)
+    network = recovery_network(plans_manager, configuration_manager, len(names), weights)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device, allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration_manager, [weights], dataset_json,
                                     checkpoint["trainer_name"], None)
     # nnU-Net's sliding window sizes its output by the label manager's head count: g outputs one channel per modality
     predictor.label_manager = SimpleNamespace(num_segmentation_heads=len(names))
     return Synthesizer(predictor, names, path, intensity_reference(folder, plans_manager.dataset_name, names))
+
+
+def recovery_network(plans_manager, configuration_manager, num_modalities: int, weights: dict) -> torch.nn.Module:
+    """g for inference (no deep supervision) with the weights a stage-4 checkpoint keeps under `recovery_weights`."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_modalities,
+                                                       num_modalities, enable_deep_supervision=False)
+    network.load_state_dict(weights)
+    return network
 
 
 def intensity_reference(model_folder: Path, dataset_name: str, names: list[str]) -> dict | None:

@@ -61,9 +61,9 @@ def probe_models(stage4_folder: Path, fold, device: torch.device, checkpoint_nam
     """[stage-2 model as deployed, teacher in full mode on zeros, teacher in full mode on g's fill-ins] of a trained
     stage-4 model folder, as `evaluation.Model`s (TTA off)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_allstage.evaluation import Model, load_model
+    from nnunet_allstage.synthesis import recovery_network
     from nnunet_allstage.training import trainer_class
 
     path = Path(stage4_folder) / f"fold_{fold}" / checkpoint_name
@@ -78,10 +78,7 @@ def probe_models(stage4_folder: Path, fold, device: torch.device, checkpoint_nam
     deployed = load_model(teacher_folder(Path(stage4_folder), checkpoint), fold, checkpoint_name, device, False,
                           "stage 2 as deployed (own code, missing channels zero)")
     p = deployed.predictor
-    num_modalities = p.network.num_modalities
-    recovery = nnUNetTrainer.build_network_architecture(p.plans_manager, p.configuration_manager, num_modalities,
-                                                        num_modalities, enable_deep_supervision=False)
-    recovery.load_state_dict(recovery_weights)
+    recovery = recovery_network(p.plans_manager, p.configuration_manager, p.network.num_modalities, recovery_weights)
     models = [deployed]
     for name, g in (("teacher in full mode on zeros", None), ("teacher in full mode on g's fill-ins (KD target)",
                                                               recovery)):
