@@ -26,9 +26,9 @@ def test_jobs_are_shared_exactly_where_the_options_do_not_matter():
     # g's learning rate matters to stage 4 only: its stage 2 and 3 are the default row's
     assert key("AllStageHyperTrainer", {"recovery_lr_scale": "0.03"}, 1) == key("AllStageHyperTrainer", {}, 1)
     assert key("AllStageTrainer", {"recovery_lr_scale": "0.03"}, 1) != key("AllStageTrainer", {}, 1)
-    # the paper optimiser changes stage 2, hence every stage 4 built on it
-    assert key("AllStageHyperTrainer", {"segmentation_optimizer": "paper"}, 1) != key("AllStageHyperTrainer", {}, 1)
-    assert key("AllStageMAETrainer", {"segmentation_optimizer": "paper"}, 1) == key("AllStageMAETrainer", {}, 1)
+    # the optimiser changes stage 2, hence every stage 4 built on it; the MAE has its own
+    assert key("AllStageHyperTrainer", {"segmentation_optimizer": "nnunet"}, 1) != key("AllStageHyperTrainer", {}, 1)
+    assert key("AllStageMAETrainer", {"segmentation_optimizer": "nnunet"}, 1) == key("AllStageMAETrainer", {}, 1)
     assert key("AllStageDropoutTrainer", {}, 4) != key("AllStageDropoutTrainer", {}, 1)
     # a second run of a row is a run of its own, and the first run keeps the key it always had
     assert key("AllStageTrainer", {}, 1, 1) != key("AllStageTrainer", {}, 1) == key("AllStageTrainer", {}, 1, 0)
