@@ -215,8 +215,9 @@ def test_stage4_gradients_teacher_frozen_and_resume(workspace, monkeypatch):
         assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in mine.state_dict().items())
     opt_a, opt_b = t.optimizer.state_dict(), resumed.optimizer.state_dict()
     assert len(opt_a["state"]) == len(opt_b["state"]) > 0
-    assert all(torch.equal(opt_a["state"][i]["momentum_buffer"], opt_b["state"][i]["momentum_buffer"])
-               for i in opt_a["state"])
+    # every buffer of the optimiser (SGD's momentum, Adam's moments and step), whichever is configured
+    assert all(torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b["state"][i][name]))
+               for i in opt_a["state"] for name, value in opt_a["state"][i].items())
     assert resumed.was_resumed
 
 
