@@ -46,31 +46,14 @@ def is_random_clip(record: dict) -> bool:
     return RANDOM_CLIP_MARK in (record.get("code_table") or "")
 
 
-def load_predictor(folder: Path, fold, checkpoint_name: str, device: torch.device, tta: bool):
-    """nnU-Net's predictor for one fold of a trained model folder, its checkpoint loaded with `safe_load`
-    (what nnUNetPredictor.initialize_from_trained_model_folder does, minus the unsafe load). Returns
-    (predictor, provenance)."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    checkpoint = safe_load(folder / f"fold_{fold}" / checkpoint_name)
-    dataset_json = load_json(str(folder / "dataset.json"))
-    plans_manager = PlansManager(load_json(str(folder / "plans.json")))
-    configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-    trainer_name = checkpoint["trainer_name"]
-    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-    if trainer_class is None:
-        raise AllStageError(f"trainer {trainer_name} of {folder} not found; set nnUNet_extTrainer (eval \"$("
-                            f"nnunet-allstage env)\")")
-    network = trainer_class.build_network_architecture(
-        plans_manager, configuration_manager, determine_num_input_channels(plans_manager, configuration_manager,
-                                                                           dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
-    network.load_state_dict(checkpoint["network_weights"])
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=tta, device=device, allow_tqdm=False)
-    predictor.manual_initialization(network, plans_manager, configuration_manager, [checkpoint["network_weights"]],
-                                    dataset_json, trainer_name, checkpoint.get("inference_allowed_mirroring_axes"))
-    return predictor, provenance(checkpoint)
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and values: the weights' identity, whatever the file's
+    name, time or place (a copied model folder keeps it, a retrained checkpoint changes it)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if value.numel() else b"")
+    return digest.hexdigest()

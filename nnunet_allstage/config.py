@@ -1,4 +1,4 @@
-"""Options of the method (METHOD.md's [default] decisions), changeable without new trainer classes.
+"""Options of the method (the decisions of documentation/method.md), changeable without new trainer classes.
 
 nnU-Net's trainer constructor takes no extra arguments, so options come, in increasing priority, from the
 defaults below, from ``allstage_config.json`` in the dataset's nnUNet_preprocessed folder, and from
@@ -15,6 +15,18 @@ from nnunet_allstage.errors import AllStageError
 
 CONFIG_FILE = "allstage_config.json"
 ENV_PREFIX = "NNUNET_ALLSTAGE_"
+# the paper's optimiser (Sec. 4.2: Adam, lr 3e-4, weight decay 5e-4, cosine decay) for pre-training and segmentation
+PAPER_LR = 3e-4
+PAPER_WEIGHT_DECAY = 5e-4
+# the short-schedule trainer variants (``AllStageTrainer_1epoch``, ...): --schedule name and epochs
+SCHEDULES = {"1epoch": 1, "5epochs": 5}
+
+
+def schedule_suffix(epochs: int | None) -> str:
+    """The class-name suffix of the variant with this many epochs ('' for the full schedule)."""
+    if epochs is None:
+        return ""
+    return "_" + next(name for name, n in SCHEDULES.items() if n == epochs)
 
 
 @dataclass
@@ -25,22 +37,22 @@ class AllStageConfig:
     # other subset); the rest stays uniform over the proper non-empty subsets
     full_set_probability: str = "uniform"
     # optimiser of the segmentation trainers (stage 2, stage 4, the ablations): 'nnunet' = SGD 1e-2, momentum 0.99,
-    # poly decay; 'paper' = Adam 3e-4, weight decay 5e-4, cosine decay (the paper's Sec. 4.2). 'paper' by measurement:
-    # better in stage 2 in three seeds and in stages 2 and 4 together in two (README, Results)
+    # poly decay; 'paper' = Adam 3e-4, weight decay 5e-4, cosine decay (the paper's Sec. 4.2); the measurement that
+    # decided the default: documentation/options.md
     segmentation_optimizer: str = "paper"
     # stage 4: the recovering module g's learning rate relative to the student's (its own parameter group, its own
     # gradient clipping)
     recovery_lr_scale: float = 1.0
     # stage 4: what g sees: 'available' = the available channels as they are; 'masked' = patch-masked as in stage 1
     recovery_input: str = "available"
-    # stage 4: the student's start: 'stage3' = the stage-3 MAE's encoder/decoder, hyper head fresh (METHOD.md);
+    # stage 4: the student's start: 'stage3' = the stage-3 MAE's encoder/decoder, hyper head fresh (the method's);
     # 'stage2' = the whole stage-2 model (the teacher's weights)
     student_init: str = "stage3"
     # stage 1 masking (M3AE): cubic patches of this many voxels per side, this fraction of kept-modality patches
     mask_patch_size: int = 16
     mask_ratio: float = 0.875
-    mae_lr: float = 3e-4
-    mae_weight_decay: float = 5e-4
+    mae_lr: float = PAPER_LR
+    mae_weight_decay: float = PAPER_WEIGHT_DECAY
     # CLIP text encoder for the hyper-network (classes *_Binary use the binary code instead)
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"  # open_clip tag; 'random-test-only' = random weights (tests and demo only)
@@ -100,7 +112,29 @@ class AllStageConfig:
         return self
 
 
-def load_config(preprocessed_folder: str | os.PathLike | None = None) -> AllStageConfig:
+# NNUNET_ALLSTAGE_* variables that are not options (the setup script's)
+NON_OPTION_VARIABLES = ("NNUNET_ALLSTAGE_VENV",)
+
+
+def check_environment_options(environ=None) -> None:
+    """Every NNUNET_ALLSTAGE_* variable must name an option: a misspelt one would otherwise be ignored and the
+    default used without a word."""
+    import difflib
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + f.name.upper() for f in fields(AllStageConfig)} | set(NON_OPTION_VARIABLES)
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; options: {', '.join(sorted(known))}"
+        raise AllStageError(f"environment variable {unknown[0]} is not an nnunet-allstage option{hint} (unset it, "
+                            f"or spell it as the option is named)")
+
+
+def load_config(preprocessed_folder: str | os.PathLike | None = None, environ=None) -> AllStageConfig:
+    """The options: defaults, then the folder's allstage_config.json, then NNUNET_ALLSTAGE_* of ``environ`` (the
+    process's environment by default; a run's own, e.g. one about to be started, otherwise)."""
+    environ = os.environ if environ is None else environ
+    check_environment_options(environ)
     values = {}
     if preprocessed_folder is not None:
         path = Path(preprocessed_folder) / CONFIG_FILE
@@ -114,7 +148,7 @@ def load_config(preprocessed_folder: str | os.PathLike | None = None) -> AllStag
     if unknown:
         raise AllStageError(f"{CONFIG_FILE}: unknown option(s) {unknown}; known: {sorted(types)}")
     for name in types:
-        env = os.environ.get(ENV_PREFIX + name.upper())
+        env = environ.get(ENV_PREFIX + name.upper())
         if env is not None:
             values[name] = env
     default = AllStageConfig()
@@ -125,7 +159,10 @@ def load_config(preprocessed_folder: str | os.PathLike | None = None) -> AllStag
             converted[name] = kind(value)
         except (TypeError, ValueError):
             raise AllStageError(f"option {name}: cannot read {value!r} as {kind.__name__}") from None
-    return AllStageConfig(**converted).validate()
+    config = AllStageConfig(**converted).validate()
+    # which options the user set (file or environment), not a dataclass field: describe() records values only
+    config.explicit_options = frozenset(converted)
+    return config
 
 
 def describe(config: AllStageConfig) -> str:
@@ -134,18 +171,28 @@ def describe(config: AllStageConfig) -> str:
 
 def option_differences(recorded: dict, config: AllStageConfig, names) -> list[str]:
     """'name: recorded -> current' for each option of ``names`` whose recorded value differs from ``config``'s.
-    Options a checkpoint does not record (written before they existed) count as their default."""
+    An option the checkpoint does not record (written before the option existed) is unknown and differs, unless
+    this run sets it explicitly: that is the user's statement of the value it was trained with."""
     current = asdict(config)
-    default = asdict(AllStageConfig())
+    explicit = getattr(config, "explicit_options", frozenset())
     out = []
     for name in names:
-        before = recorded.get(name, default[name])
-        if str(before) != str(current[name]):
-            out.append(f"{name}: {before!r} -> {current[name]!r}")
+        if name not in recorded:
+            if name not in explicit:
+                out.append(f"{name}: not recorded -> {current[name]!r}")
+            continue
+        if str(recorded[name]) != str(current[name]):
+            out.append(f"{name}: {recorded[name]!r} -> {current[name]!r}")
     return out
 
 
 def check_same_options(recorded: dict, config: AllStageConfig, names, what: str, fix: str) -> None:
     differences = option_differences(recorded, config, names)
+    unrecorded = [d.split(":")[0] for d in differences if ": not recorded ->" in d]
+    if unrecorded:
+        variables = ", ".join(ENV_PREFIX + n.upper() for n in unrecorded)
+        raise AllStageError(f"{what} does not record the option(s) {', '.join(unrecorded)} (written before they "
+                            f"existed), so what it was trained with is unknown: set {variables} (or the same keys in "
+                            f"{CONFIG_FILE}) to the value(s) it was trained with to accept it knowingly, or retrain it")
     if differences:
         raise AllStageError(f"{what} was trained with other options ({'; '.join(differences)}): {fix}")

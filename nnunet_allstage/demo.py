@@ -26,7 +26,8 @@ DEMO_ITERATIONS = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "5", "NNUNET_ALLSTAGE
 
 def run_demo(workdir: Path, num_cases: int = 12, num_processes: int = 2, log=print) -> dict:
     from nnunet_allstage.environment import model_folder
-    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
+    from nnunet_allstage.evaluation import evaluate, find_test_cases
+    from nnunet_allstage.inference import load_model
     from nnunet_allstage.modalities import combinations
     from nnunet_allstage.pipeline import run_pipeline
     import torch
@@ -68,7 +69,7 @@ def run_demo(workdir: Path, num_cases: int = 12, num_processes: int = 2, log=pri
     budget = (f"AllStage (ours) is the end of four trainings (stages 1-4, {DEMO_SCHEDULE} x "
               f"{DEMO_ITERATIONS['NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH']} iterations each): it saw four trainers' worth "
               f"of iterations; the baseline saw one trainer's worth. On real BraTS cases the baseline given the same "
-              f"four-fold budget beat it (README, 'Real-data ablation ladder').")
+              f"compute beat it (documentation/results.md).")
     log("[5/5] evaluation over all 15 input combinations on the test cases. " + budget)
     name = next((workdir / "nnUNet_raw").glob(f"Dataset{DEMO_DATASET_ID}_*")).name
     models = [load_model(model_folder(name, tr + "_" + DEMO_SCHEDULE, "nnUNetPlans", "3d_fullres"), 0,

@@ -65,8 +65,8 @@ def keep_freed_memory_in_process() -> bool:
     """CPU training: glibc hands every freed block above its mmap threshold (at most 32 MB) straight back to the
     operating system, so each step faults in fresh, kernel-zeroed pages for its large activations; stage 4 keeps
     three networks' worth of them. Keeping freed memory in the process (mallopt: no mmap, no trimming) made a
-    CPU step about 20 % faster for stock nnU-Net and 30 % for stage 4, for some 10-15 % more peak memory (README,
-    Benchmarks). Linux with glibc only; returns whether it was applied."""
+    CPU step about 20 % faster for stock nnU-Net and 30 % for stage 4, for some 10-15 % more peak memory
+    (documentation/benchmarks.md). Linux with glibc only; returns whether it was applied."""
     import ctypes
     import sys
     if not sys.platform.startswith("linux"):

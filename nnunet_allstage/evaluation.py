@@ -1,65 +1,27 @@
 """`nnunet-allstage evaluate`: every input combination, every case, one or several models side by side.
 
 Each test case (all modalities present) is read and preprocessed once per plans/configuration; each
-combination is simulated by zeroing channels of the preprocessed array in memory, which gives the same
-segmentation as zero-filled files (nnU-Net keeps an all-zero channel exactly zero and the crop box is the
-union of all channels; see tests). The modality code is handed to hyper-networks explicitly.
+combination is simulated by zeroing channels of the preprocessed array in memory (`inference.predict_combination`),
+which gives the same segmentation as zero-filled files. The modality code is handed to hyper-networks explicitly.
+This module is the paper's Table 1: the metrics, the table, the CSV, the heatmaps.
 """
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from nnunet_allstage.checkpoints import is_random_clip, load_predictor
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.image_io import verify_image_file
+from nnunet_allstage.inference import Model, predict_combination, preprocess_case
 from nnunet_allstage.lesionwise import METRICS as LESION_METRICS
 from nnunet_allstage.lesionwise import lesionwise_metrics, load_evaluator
 from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
 from nnunet_allstage.modalities import (code_label, code_markers, combinations, modality_names_from_dataset_json,
                                         subset_to_code)
-from nnunet_allstage.networks import network_code
-
-
-@dataclass
-class Model:
-    name: str  # shown in tables
-    folder: Path  # nnU-Net's Trainer__Plans__Config folder
-    predictor: object
-    provenance: dict = field(default_factory=dict)  # checkpoints.provenance: stage, options, code table
-    checkpoint: Path | None = None  # the file the weights came from
-
-    @property
-    def random_clip(self) -> bool:
-        return is_random_clip(self.provenance)
-
-    def warning(self) -> str | None:
-        if self.random_clip:
-            return (f"WARNING: {self.name} uses RANDOM-WEIGHT CLIP embeddings (tests and demo only): its code table "
-                    f"carries no language knowledge; do not report it as the method")
-        return None
-
-
-def load_model(folder: Path, fold, checkpoint: str, device: torch.device, tta: bool, name: str) -> Model:
-    ckpt = folder / f"fold_{fold}" / checkpoint
-    if not ckpt.is_file():
-        trainer = folder.name.split("__")[0]
-        raise AllStageError(f"{ckpt} not found: train {trainer} first (nnunet-allstage train, or nnUNetv2_train "
-                            f"... -tr {trainer})")
-    from nnunet_allstage.environment import trainer_shim_dir
-    os.environ["nnUNet_extTrainer"] = str(trainer_shim_dir())
-    predictor, record = load_predictor(folder, fold, checkpoint, device, tta)
-    model = Model(name, folder, predictor, record, ckpt)
-    if model.warning():
-        print(model.warning())
-    return model
 
 
 def parse_combinations(spec: str | None, names: Sequence[str]) -> list[tuple[int, ...]]:
@@ -97,27 +59,6 @@ def find_test_cases(images: Path, labels: Path, file_ending: str, num_channels: 
             verify_image_file(f, case)  # before any prediction: a truncated file would read as zeros
         out.append((case, files, label))
     return out
-
-
-def preprocess_case(predictor, files: list[Path]):
-    rw = predictor.plans_manager.image_reader_writer_class()
-    image, props = rw.read_images([str(f) for f in files])
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    data, _, props = preprocessor.run_case_npy(image, None, props, predictor.plans_manager,
-                                               predictor.configuration_manager, predictor.dataset_json)
-    return torch.from_numpy(data).contiguous(), props
-
-
-def predict_combination(model: Model, data: torch.Tensor, props: dict, code: Sequence[int]) -> np.ndarray:
-    """Segmentation (original geometry, dataset label values) of preprocessed ``data`` with ``code`` zeroed in."""
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-    p = model.predictor
-    code_t = torch.tensor([code], dtype=torch.float32)
-    zeroed = data * code_t.view(-1, *([1] * (data.ndim - 1)))
-    with network_code(p.network, code_t.to(p.device)), torch.no_grad():
-        logits = p.predict_logits_from_preprocessed_data(zeroed).cpu()
-    return convert_predicted_logits_to_segmentation_with_correct_shape(logits, p.plans_manager,
-                                                                       p.configuration_manager, p.label_manager, props)
 
 
 METRIC_STYLE = {  # title, scale, higher is better

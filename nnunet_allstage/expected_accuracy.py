@@ -4,8 +4,9 @@ cases, stored beside the checkpoint, and quoted by `predict` for every case it s
 `nnunet-allstage validate` (run by `nnunet-allstage train` after the last stage) predicts every validation case of
 the fold with every input combination that the case's own sequences allow (a validation case that lacks T1c says
 nothing about T1c), and writes ``expected_accuracy.json`` into the fold folder: per combination the mean Dice and
-HD95 per region and the number of validation cases behind them. The file names the checkpoint it was measured on
-(size and modification time); `predict` ignores a file that does not match the checkpoint it loaded.
+HD95 per region and the number of validation cases behind them. The file carries a digest of the weights it was
+measured on, so a copied model folder keeps its expected accuracy and a retrained one never quotes an old
+measurement (`inference.load_expected` reads it).
 """
 from __future__ import annotations
 
@@ -18,17 +19,9 @@ from tqdm import tqdm
 
 from nnunet_allstage.environment import nnunet_folder
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.inference import EXPECTED_FILE, predict_combination, preprocess_case
 from nnunet_allstage.metrics import region_metrics, regions_from_dataset_json
 from nnunet_allstage.modalities import code_label, combinations, modality_names_from_dataset_json, read_availability
-
-EXPECTED_FILE = "expected_accuracy.json"
-FAR_BELOW = 0.10  # mean Dice this far below the all-sequences value earns a warning in predict
-
-
-def checkpoint_identity(checkpoint: Path) -> dict:
-    stat = checkpoint.stat()
-    return {"checkpoint": checkpoint.name, "size": stat.st_size, "mtime": int(stat.st_mtime)}
-
 
 def validation_cases(dataset_name: str, fold) -> list[str]:
     """The validation cases of ``fold`` in nnU-Net's splits_final.json."""
@@ -46,7 +39,6 @@ def validation_cases(dataset_name: str, fold) -> list[str]:
 
 def measure(model, dataset_name: str, fold, log=print) -> dict:
     """Per-combination Dice/HD95 of ``model`` on the fold's validation cases; written beside its checkpoint."""
-    from nnunet_allstage.evaluation import preprocess_case, predict_combination
     if model.checkpoint is None:
         raise AllStageError("the model was not loaded from a checkpoint file")
     dataset_json = model.predictor.dataset_json
@@ -85,7 +77,8 @@ def measure(model, dataset_name: str, fold, log=print) -> dict:
             entry["hd95"] = {r: float(np.mean([row[r][1] for row in rows])) for r, _ in regions}
             entry["mean_dice"] = float(np.mean(list(entry["dice"].values())))
         per_combination[code_label(code, names)] = entry
-    record = {**checkpoint_identity(model.checkpoint), "trainer": model.provenance.get("trainer"),
+    record = {"checkpoint": model.checkpoint.name, "weights_sha256": model.weights_digest,
+              "trainer": model.provenance.get("trainer"),
               "fold": fold, "validation_cases": cases, "modalities": names, "combinations": per_combination}
     out = model.checkpoint.parent / EXPECTED_FILE
     out.write_text(json.dumps(record, indent=1))
@@ -95,29 +88,3 @@ def measure(model, dataset_name: str, fold, log=print) -> dict:
     return record
 
 
-def load_expected(checkpoint: Path | None) -> tuple[dict | None, str | None]:
-    """The expected-accuracy record measured on this very checkpoint, or (None, why not)."""
-    if checkpoint is None:
-        return None, "no checkpoint file"
-    path = checkpoint.parent / EXPECTED_FILE
-    if not path.is_file():
-        return None, f"no {EXPECTED_FILE} beside {checkpoint} (run nnunet-allstage validate)"
-    record = json.loads(path.read_text())
-    identity = checkpoint_identity(checkpoint)
-    if any(record.get(k) != v for k, v in identity.items()):
-        return None, f"{path} was measured on another checkpoint (re-run nnunet-allstage validate)"
-    return record, None
-
-
-def expectation_for(record: dict, combination: str) -> tuple[dict | None, str | None]:
-    """What to expect of a prediction from ``combination``, and a warning when it is far below all sequences."""
-    entry = record["combinations"].get(combination)
-    if not entry or not entry["n_validation_cases"]:
-        return None, f"no validation case measured {combination}: accuracy unknown"
-    full = record["combinations"][code_label((1,) * len(record["modalities"]), record["modalities"])]
-    expected = {k: entry[k] for k in ("dice", "hd95", "mean_dice", "n_validation_cases")}
-    if full.get("n_validation_cases") and entry["mean_dice"] < full["mean_dice"] - FAR_BELOW:
-        return expected, (f"from {combination} the expected mean Dice is {100 * entry['mean_dice']:.1f} "
-                          f"({entry['n_validation_cases']} validation case(s)), against "
-                          f"{100 * full['mean_dice']:.1f} with all sequences")
-    return expected, None

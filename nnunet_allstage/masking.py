@@ -57,7 +57,7 @@ def patch_mask(shape: tuple[int, ...], kept: torch.Tensor, patch_size: int, mask
 
 def mask_input(data: torch.Tensor, kept: torch.Tensor, patch_size: int, mask_ratio: float,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """MASK(x) of METHOD.md once MDrop has chosen the ``kept`` modalities (B, M): patch masking of the kept
+    """MASK(x) of Eq. 1 once MDrop has chosen the ``kept`` modalities (B, M): patch masking of the kept
     modalities, everything else zero."""
     return data * patch_mask(tuple(data.shape), kept, patch_size, mask_ratio, generator).to(data.dtype)
 

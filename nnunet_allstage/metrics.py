@@ -1,4 +1,4 @@
-"""Dice and HD95 with the BraTS conventions of METHOD.md.
+"""Dice and HD95 with the BraTS conventions (documentation/evaluation.md).
 
 * Both sets empty: Dice 1, HD95 0. Exactly one empty: Dice 0, HD95 373.13 mm (the BraTS maximum).
 * HD95 as medpy (used by M3AE, RFNet, mmFormer): surface voxels are a mask minus its erosion (face connectivity);
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask, pad_bbox
 from scipy import ndimage
 
@@ -66,3 +67,11 @@ def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Seque
         p, r = np.isin(prediction, values), np.isin(reference, values)
         out[name] = (dice(p, r), hd95(p, r, spacing))
     return out
+
+
+def psnr(mse, peak) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of a mean squared error against the signal range ``peak`` (numbers or
+    tensors, element-wise)."""
+    mse = torch.as_tensor(mse, dtype=torch.float32)
+    peak = torch.as_tensor(peak, dtype=torch.float32)
+    return 10 * torch.log10(peak.pow(2).clamp(min=1e-8) / mse.clamp(min=1e-10))

@@ -84,7 +84,7 @@ def code_markers(code: Sequence[int]) -> str:
 
 
 def prompt(code: Sequence[int], names: Sequence[str]) -> str:
-    """The text prompt of METHOD.md: 'The input MRI modalities are FLAIR, T1c and T2.'"""
+    """The text prompt of the hyper-network: 'The input MRI modalities are FLAIR, T1c and T2.'"""
     available = code_to_subset(code, names)
     if not available:
         raise ValueError("the empty modality set has no prompt")
@@ -105,7 +105,11 @@ def make_availability_record(modalities: Sequence[str], cases: dict[str, Sequenc
                              test_cases: dict[str, Sequence[int]] | None = None,
                              missing_in_source: dict[str, list[str]] | None = None,
                              simulation: dict | None = None, split: dict | None = None,
-                             source: str | None = None, skipped: dict[str, str] | None = None) -> dict:
+                             source: str | None = None, skipped: dict[str, str] | None = None,
+                             unlabelled: Sequence[str] = (), labels: dict | None = None) -> dict:
+    """The record beside dataset.json. ``unlabelled``: training cases without labels (their label files are all
+    nnU-Net's ignore label); ``labels``: where they came from (a folder without labels, the --labelled-fraction
+    simulation)."""
     record = {
         "format_version": AVAILABILITY_FORMAT_VERSION,
         "modalities": list(modalities),
@@ -116,6 +120,8 @@ def make_availability_record(modalities: Sequence[str], cases: dict[str, Sequenc
         "split": split,
         "source": source,
         "skipped": dict(sorted((skipped or {}).items())),
+        "unlabelled": sorted(unlabelled),
+        "labels": labels,
     }
     validate_availability(record)
     return record
@@ -134,6 +140,9 @@ def validate_availability(record: dict, where: str = AVAILABILITY_FILE) -> None:
                 raise AllStageError(f"{where}: case {case}: availability {code} is not a 0/1 vector of length {m}")
             if not any(code):
                 raise AllStageError(f"{where}: case {case} has no available modality")
+    unknown = sorted(set(record.get("unlabelled", [])) - set(record["cases"]))
+    if unknown:
+        raise AllStageError(f"{where}: unlabelled case {unknown[0]} is not a training case of the record")
 
 
 def write_availability(record: dict, folder: str | os.PathLike) -> Path:
@@ -160,7 +169,7 @@ def read_availability(folder_or_file: str | os.PathLike) -> dict:
 
 def simulate_full_modality_ratio(in_source: dict[str, tuple[int, ...]], fm_ratio: float, seed: int,
                                  modalities: Sequence[str]) -> dict:
-    """METHOD.md, for one group of subjects: a fraction ``fm_ratio`` keeps all modalities (``round(R * N)``, at
+    """The FM-ratio rule (documentation/dataset_conversion.md), for one group of subjects: a fraction ``fm_ratio`` keeps all modalities (``round(R * N)``, at
     least one subject when the ratio is > 0; Python rounding, halves to even); every other subject loses k
     modalities, k uniform in {1, ..., M-1}, then a uniform random subset of that size. Subjects already missing
     modalities in the source are never counted as full-modality and always keep at least one modality."""

@@ -3,7 +3,8 @@
 Both planned U-Nets expose ``encoder``, ``decoder`` and ``decoder.seg_layers``; the networks here keep those
 attribute names, so state-dict keys stay those of the planned U-Net and weights move between stages by name.
 
-* MAE (stage 1): the planned U-Net itself with M output channels and no deep supervision.
+* MAE (stage 1, and stage 4's recovering module g): the planned U-Net itself with M output channels and no deep
+  supervision (`build_mae_network`).
 * `HyperSegNetwork` (stages 2 and 4): the highest-resolution output layer ``decoder.seg_layers[-1]`` is replaced
   by a `HyperHead`, whose three 1x1x1 convolutions are generated per sample by a controller from the code's
   embedding and the pooled bottleneck (CLIP-Driven Universal Model / DoDNet). Deep-supervision outputs keep
@@ -19,6 +20,7 @@ from torch import nn
 
 from nnunet_allstage.modalities import index_to_code
 from nnunet_allstage.private_api import compiled_inner
+from nnunet_allstage.text_embeddings import CLIP_EMBEDDING_DIM
 
 HEAD_CHANNELS = 8
 CONTROLLER_WIDTH = 256
@@ -195,3 +197,28 @@ def transfer_weights(source_state: dict, target: nn.Module, exclude=(".seg_layer
     own.update(loaded)
     target.load_state_dict(own)
     return len(loaded), skipped
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def build_planned_unet(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+                       enable_deep_supervision: bool) -> nn.Module:
+    """The U-Net nnU-Net planned for this configuration (PlainConvUNet, ResidualEncoderUNet, ...)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                    num_output_channels, enable_deep_supervision)
+
+
+def build_mae_network(plans_manager, configuration_manager, num_modalities: int) -> nn.Module:
+    """The MAE of stage 1 and stage 4's recovering module g: the planned U-Net with one output per modality and no
+    deep supervision (its unused lower-resolution heads frozen)."""
+    return freeze_unused_heads(build_planned_unet(plans_manager, configuration_manager, num_modalities,
+                                                  num_modalities, enable_deep_supervision=False))
+
+
+def build_hyper_network(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+                        enable_deep_supervision: bool, binary_code: bool) -> HyperSegNetwork:
+    """The planned U-Net with the hyper head, its codes embedded by CLIP or (``binary_code``) the binary-code MLP."""
+    unet = build_planned_unet(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                              enable_deep_supervision)
+    embedding_dim = num_input_channels if binary_code else CLIP_EMBEDDING_DIM
+    return HyperSegNetwork(unet, num_input_channels, num_output_channels, embedding_dim, binary_code)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from nnunet_allstage.environment import dataset_name_from_id, model_folder, nnunet_folder, trainer_shim_dir
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.locks import PIPELINE_LOCK, TRAINER_LOCK, FoldLock
 from nnunet_allstage.training import SCHEDULES, trainer_class, training_chain
+
+# a step's time relative to stock nnUNetTrainer's, measured by scripts/benchmarks/bench_train_step.py on the CPU
+# (documentation/benchmarks.md): what --chain-budget converts stock epochs into each stage's epochs with
+STEP_COST = {"AllStageMAETrainer": 0.97, "AllStageHyperTrainer": 1.01, "AllStageMAEDATrainer": 1.68,
+             "AllStageTrainer": 2.64, "AllStageDropoutTrainer": 1.0}
+NNUNET_EPOCHS = 1000  # stock nnU-Net's schedule: 1000 epochs of 250 iterations
 
 FINAL_TRAINER = "AllStageTrainer"
 BINARY_FINAL_TRAINER = "AllStageTrainer_Binary"
@@ -49,6 +56,38 @@ def stages_for(dataset_id: int, fold: str, configuration: str, plans: str, sched
     return out
 
 
+def step_cost(trainer: str) -> float:
+    """STEP_COST of the trainer or of the first class it derives from that has one (variants, ablations)."""
+    return next(STEP_COST[k.__name__] for k in trainer_class(trainer).__mro__ if k.__name__ in STEP_COST)
+
+
+def parse_weights(text: str, what: str) -> list[float]:
+    try:
+        weights = [float(w) for w in text.replace(",", ":").split(":")]
+    except ValueError:
+        weights = []
+    if not weights or any(w <= 0 for w in weights):
+        raise AllStageError(f"{what} takes positive numbers separated by ':' (one per stage), got {text!r}")
+    return weights
+
+
+def budget_epochs(stages: list[Stage], chain_budget: float, split: list[float]) -> list[int]:
+    """Epochs of each stage, in proportion to ``split``, such that the whole chain costs ``chain_budget`` epochs of
+    stock nnU-Net (by STEP_COST); at least one each."""
+    if len(split) != len(stages):
+        raise AllStageError(f"--split needs {len(stages)} weight(s), one per stage ({', '.join(s.trainer for s in stages)}), "
+                            f"got {len(split)}")
+    if chain_budget <= 0:
+        raise AllStageError(f"--chain-budget must be positive, got {chain_budget:g}")
+    unit = chain_budget / sum(w * step_cost(s.trainer) for w, s in zip(split, stages))
+    return [max(1, round(w * unit)) for w in split]
+
+
+def chain_cost(stages: list[Stage], epochs: list[int]) -> float:
+    """The chain's cost in epochs of stock nnU-Net."""
+    return sum(e * step_cost(s.trainer) for e, s in zip(epochs, stages))
+
+
 def print_status(stages: list[Stage], log=print) -> None:
     width = max(len(s.trainer) for s in stages)
     for s in stages:
@@ -59,13 +98,7 @@ def run_config(dataset_id: int, env: dict | None = None):
     """The options the trainers of this run will read (the dataset's allstage_config.json, then the environment)."""
     from nnunet_allstage.config import load_config
     folder = nnunet_folder("nnUNet_preprocessed") / dataset_name_from_id(dataset_id)
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        return load_config(folder)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return load_config(folder, {**os.environ, **(env or {})})
 
 
 def check_done_stage(stage: Stage, config) -> None:
@@ -132,32 +165,63 @@ def run_training(cmd: list[str], title: str, env: dict | None = None, log=print,
         result = subprocess.CompletedProcess(cmd, proc.returncode)
         if result.returncode != 0:
             log("\n".join(tail))
+        output = "\n".join(tail)
     else:
-        result = subprocess.run(cmd, env=env, **popen)
+        # nnU-Net's progress streams as it comes; its stderr (warnings, a traceback) is shown when the run ends
+        result = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True, **popen)
+        output = result.stderr or ""
+        if output:
+            sys.stderr.write(output)
     if result.returncode != 0:
+        ours = our_error(output)
+        if ours:  # the trainer stopped on one of our errors: that line is the message
+            raise AllStageError(f"{title}: {ours}")
         raise AllStageError(f"{title} failed (nnUNetv2_train exit code {result.returncode}); fix the cause above and "
                             f"re-run the same command: finished stages are skipped and interrupted ones continue")
+
+
+def our_error(output: str) -> str | None:
+    """The message of the last nnunet-allstage error in a traceback, if the run ended on one."""
+    found = re.findall(r"^nnunet_allstage\.[\w.]*Error: (.+)$", output, re.M)
+    return found[-1] if found else None
 
 
 def run_pipeline(dataset_id: int, fold: str, *, configuration: str = "3d_fullres", plans: str = "nnUNetPlans",
                  schedule: str = "", baseline: bool = False, binary: bool = False, device: str = "cuda",
                  num_gpus: int = 1, extra_args: list[str] | None = None, env: dict | None = None, log=print,
-                 compact: bool = False) -> None:
+                 compact: bool = False, stage_epochs: list[int] | None = None) -> None:
+    """``stage_epochs``: each stage's epochs (default: each trainer's own schedule)."""
     config = run_config(dataset_id, env)
     stages = stages_for(dataset_id, fold, configuration, plans, schedule, baseline, binary, config)
     log(f"nnunet-allstage train: dataset {dataset_id}, fold {fold}, {configuration}, plans {plans}")
+    if stage_epochs is not None:
+        if len(stage_epochs) != len(stages) or any(e < 1 for e in stage_epochs):
+            raise AllStageError(f"--stage-epochs needs {len(stages)} positive whole number(s), one per stage, got "
+                                f"{stage_epochs}")
+        cost = chain_cost(stages, stage_epochs)
+        log(f"epochs per stage: {', '.join(f'{s.trainer} {e}' for s, e in zip(stages, stage_epochs))}; the chain "
+            f"costs about {cost:.0f} epochs of stock nnU-Net ({cost / NNUNET_EPOCHS:.2f}x its {NNUNET_EPOCHS})")
     print_status(stages, log)
-    for stage in stages:
-        if stage.state == "done":
-            check_done_stage(stage, config)
-            log(f"[skip] {stage.title}: {stage.folder / 'checkpoint_final.pth'} exists (same options)")
-            continue
-        cmd = train_command(dataset_id, fold, stage.trainer, configuration=configuration, plans=plans, device=device,
-                            num_gpus=num_gpus, resume=stage.state == "interrupted", extra_args=extra_args)
-        run_training(cmd, stage.title, env, log, compact=compact)
-        if compact:
-            log(f"  full log: {next(stage.folder.glob('training_log_*.txt'), stage.folder)}")
-        if stage.state != "done":
-            raise AllStageError(f"{stage.title} ended without {stage.folder / 'checkpoint_final.pth'}")
+    lock = FoldLock(stages[-1].folder, PIPELINE_LOCK, "nnunet-allstage train")
+    lock.acquire(log)
+    try:
+        for i, stage in enumerate(stages):
+            if stage.state == "done":
+                check_done_stage(stage, config)
+                log(f"[skip] {stage.title}: {stage.folder / 'checkpoint_final.pth'} exists (same options)")
+                continue
+            FoldLock(stage.folder, TRAINER_LOCK, "training").check_free(log)  # one line, not a child's traceback
+            cmd = train_command(dataset_id, fold, stage.trainer, configuration=configuration, plans=plans,
+                                device=device, num_gpus=num_gpus, resume=stage.state == "interrupted",
+                                extra_args=extra_args)
+            stage_env = {**(env or {}), **({"NNUNET_ALLSTAGE_NUM_EPOCHS": str(stage_epochs[i])}
+                                          if stage_epochs is not None else {})}
+            run_training(cmd, stage.title, stage_env, log, compact=compact)
+            if compact:
+                log(f"  full log: {next(stage.folder.glob('training_log_*.txt'), stage.folder)}")
+            if stage.state != "done":
+                raise AllStageError(f"{stage.title} ended without {stage.folder / 'checkpoint_final.pth'}")
+    finally:
+        lock.release()
     log("all stages finished:")
     print_status(stages, log)

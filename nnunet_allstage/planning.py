@@ -62,6 +62,10 @@ def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullre
             raise AllStageError(f"nnU-Net's dataset integrity check failed for {name}: {e}") from None
         plans_identifier = plan_experiments([dataset_id], planner, gpu_memory_target_in_gb=gpu_memory_target_gb,
                                             overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
+        planned = json.loads((paths["nnUNet_preprocessed"] / name / f"{plans_identifier}.json").read_text())
+        for c in configurations:
+            if c in planned["configurations"]:
+                check_deep_supervision_depth(planned["configurations"][c], c, plans_identifier)
         preprocess([dataset_id], plans_identifier, list(configurations), [num_processes])
     preprocessed = paths["nnUNet_preprocessed"] / name
     write_splits_final(record, preprocessed)
@@ -77,19 +81,46 @@ def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullre
     return plans_identifier
 
 
+def check_deep_supervision_depth(configuration: dict, name: str, plans_identifier: str) -> None:
+    """nnU-Net's deep supervision leaves out the lowest resolution and normalises the other weights to sum 1; a
+    network of two resolution stages has no other, so every loss is 0/0 = NaN and training learns nothing (stock
+    nnU-Net trains on through it without a word)."""
+    strides = configuration.get("architecture", {}).get("arch_kwargs", {}).get("strides")
+    if strides is not None and len(strides) < 3:
+        raise AllStageError(f"plans {plans_identifier}, {name}: the planned network has {len(strides)} resolution "
+                            f"stages (patch {configuration.get('patch_size')}), too few for nnU-Net's deep "
+                            f"supervision (its loss would be NaN); plan at a finer --target-spacing or on larger images")
+
+
 def write_splits_final(record: dict, preprocessed: Path) -> None:
+    """The recorded split as fold 0; without a validation part, nnU-Net's own 5-fold split (its seed), except that
+    cases without labels stay in training in every fold (a validation case needs labels). Otherwise nnU-Net makes
+    its own split at training time."""
     split = record.get("split")
-    if not split or not split.get("val"):
-        return  # nnU-Net makes its own 5-fold split
-    folds = [{"train": sorted(split["train"]), "val": sorted(split["val"])}]
+    unlabelled = set(record.get("unlabelled", []))
+    if split and split.get("val"):
+        folds = [{"train": sorted(split["train"]), "val": sorted(split["val"])}]
+    elif unlabelled:
+        from nnunetv2.utilities.crossval_split import generate_crossval_split
+        labelled = sorted(c for c in record["cases"] if c not in unlabelled)
+        folds = [{"train": sorted(fold["train"] + sorted(unlabelled)), "val": sorted(fold["val"])}
+                 for fold in generate_crossval_split(labelled, seed=12345, n_splits=min(5, len(labelled)))]
+    else:
+        return
     (preprocessed / "splits_final.json").write_text(json.dumps(folds, indent=1))
 
 
 def check_preprocessed_availability(record: dict, folder: Path) -> None:
-    """Marked missing => all zero; marked available => not all zero, per channel of every preprocessed case."""
+    """Marked missing => all zero; marked available => not all zero, per channel of every preprocessed case; a case
+    recorded without labels holds nothing but the ignore label, one recorded with labels none of it."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     dataset = infer_dataset_class(str(folder))(str(folder))
     names = record["modalities"]
+    unlabelled = set(record.get("unlabelled", []))
+    ignore_label = ignore_label_of(folder) if unlabelled else None
+    if unlabelled and ignore_label is None:
+        raise AllStageError(f"{AVAILABILITY_FILE} records {len(unlabelled)} case(s) without labels, but the dataset "
+                            f"has no ignore label in dataset.json; convert it again with nnunet-allstage")
     for key in dataset.identifiers:
         if key not in record["cases"]:
             raise AllStageError(f"case {key} of {folder} has no entry in {AVAILABILITY_FILE}")
@@ -103,3 +134,26 @@ def check_preprocessed_availability(record: dict, folder: Path) -> None:
             if not available and nonzero:
                 raise AllStageError(f"case {key}: {names[c]} is marked missing but is not all zero; a missing "
                                     f"modality must be stored as an all-zero image")
+        if ignore_label is not None:
+            check_labels(key, np.asarray(dataset.load_case(key)[1]), key in unlabelled, ignore_label)
+
+
+def ignore_label_of(preprocessed_data_folder: Path) -> int | None:
+    """nnU-Net's ignore label of the dataset whose preprocessed configuration folder this is, or None."""
+    dataset_json = preprocessed_data_folder.parent / "dataset.json"
+    if not dataset_json.is_file():
+        return None
+    value = json.loads(dataset_json.read_text()).get("labels", {}).get("ignore")
+    return int(value) if value is not None else None
+
+
+def check_labels(key: str, seg: np.ndarray, unlabelled: bool, ignore_label: int) -> None:
+    """A case without labels is the ignore label wherever it is not nnU-Net's outside-the-crop -1; a labelled
+    case has no ignore voxel."""
+    values = set(np.unique(seg).astype(int).tolist()) - {-1}
+    if unlabelled and values != {ignore_label}:
+        raise AllStageError(f"case {key} is recorded without labels, but its preprocessed label holds values "
+                            f"{sorted(values)} besides the ignore label {ignore_label}")
+    if not unlabelled and ignore_label in values:
+        raise AllStageError(f"case {key} is recorded with labels, but its preprocessed label holds the ignore label "
+                            f"{ignore_label}; record it as unlabelled ({AVAILABILITY_FILE}) or convert it again")

@@ -26,13 +26,15 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from nnunet_allstage.checkpoints import safe_load
 from nnunet_allstage.environment import nnunet_folder
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.inference import (SYNTHESIZED_RECORD, find_input_cases, make_predictor, materialise_case,
+                                       model_files, preprocess_case, read_sidecar, zero_channels)
+from nnunet_allstage.metrics import psnr
 from nnunet_allstage.modalities import (code_label, combinations, modality_names_from_dataset_json,
                                         read_availability)
+from nnunet_allstage.networks import build_mae_network
 
-RECORD_FILE = "synthesized.json"
 REFERENCE_FILE = "synthesis_intensity_reference.json"
 REFERENCE_CASES = 20
 
@@ -45,55 +47,43 @@ class Synthesizer:
     reference: dict | None  # {modality: {"mean", "std"}} or None (z-scores)
 
 
-def load_synthesizer(folder: Path, fold, checkpoint_name: str, device: torch.device) -> Synthesizer:
+def load_synthesizer(folder: Path, fold, checkpoint_name: str, device: torch.device, log=print) -> Synthesizer:
     """g of a trained stage-4 model folder, in nnU-Net's predictor (sliding window, preprocessing)."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     path = folder / f"fold_{fold}" / checkpoint_name
     if not path.is_file():
         raise AllStageError(f"{path} not found: train AllStageTrainer first (nnunet-allstage train)")
-    checkpoint = safe_load(path)
+    checkpoint, dataset_json, plans_manager = model_files(folder, fold, checkpoint_name)
     weights = checkpoint.get("allstage", {}).get("recovery_weights")
     if weights is None:
         raise AllStageError(f"{path} ({checkpoint.get('trainer_name')}) holds no recovering module: synthesize needs "
                             f"the final model of AllStageTrainer (stage 4), e.g. -tr AllStageTrainer")
-    dataset_json = load_json(str(folder / "dataset.json"))
     names = modality_names_from_dataset_json(dataset_json)
-    plans_manager = PlansManager(load_json(str(folder / "plans.json")))
     configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-    network = recovery_network(plans_manager, configuration_manager, len(names), weights)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device, allow_tqdm=False)
-    predictor.manual_initialization(network, plans_manager, configuration_manager, [weights], dataset_json,
-                                    checkpoint["trainer_name"], None)
+    network = build_mae_network(plans_manager, configuration_manager, len(names))
+    network.load_state_dict(weights)
+    predictor = make_predictor(network, plans_manager, configuration_manager, weights, dataset_json,
+                               checkpoint["trainer_name"], None, device, tta=False)
     # nnU-Net's sliding window sizes its output by the label manager's head count: g outputs one channel per modality
     predictor.label_manager = SimpleNamespace(num_segmentation_heads=len(names))
-    return Synthesizer(predictor, names, path, intensity_reference(folder, plans_manager.dataset_name, names))
+    reference = intensity_reference(folder, plans_manager.dataset_name, names, dataset_json["file_ending"], log)
+    return Synthesizer(predictor, names, path, reference)
 
 
-def recovery_network(plans_manager, configuration_manager, num_modalities: int, weights: dict) -> torch.nn.Module:
-    """g for inference (no deep supervision) with the weights a stage-4 checkpoint keeps under `recovery_weights`."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_modalities,
-                                                       num_modalities, enable_deep_supervision=False)
-    network.load_state_dict(weights)
-    return network
-
-
-def intensity_reference(model_folder: Path, dataset_name: str, names: list[str]) -> dict | None:
+def intensity_reference(model_folder: Path, dataset_name: str, names: list[str], ending: str,
+                        log=print) -> dict | None:
     """The training data's typical scale per modality (see the module docstring); cached in the model folder."""
     cache = model_folder / REFERENCE_FILE
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    cached = read_sidecar(cache, "it is measured again from the training images", log)
+    if cached is not None and set(cached) == set(names):
+        return cached
     try:
         raw = nnunet_folder("nnUNet_raw") / dataset_name
-    except AllStageError:
+        availability = read_availability(raw)["cases"] if (raw / "dataset.json").is_file() else None
+    except AllStageError as e:
+        log(f"WARNING: no intensity reference ({e}); synthetic images hold z-scores")
         return None
-    if not (raw / "dataset.json").is_file():
+    if availability is None:
         return None
-    availability = read_availability(raw)["cases"]
-    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
     reference = {}
     for channel, name in enumerate(names):
         means, stds = [], []
@@ -116,7 +106,7 @@ def synthesize_arrays(synth: Synthesizer, case: tuple, code: tuple[int, ...]) ->
     `read_case` returns, so a case is read and preprocessed once for all its combinations."""
     data, props, images = case
     p = synth.predictor
-    data = data * torch.tensor(code, dtype=data.dtype).view(-1, *([1] * (data.ndim - 1)))
+    data = zero_channels(data, code)
     with torch.no_grad():
         z = p.predict_logits_from_preprocessed_data(data).float()
     pm, cm = p.plans_manager, p.configuration_manager
@@ -136,7 +126,6 @@ def synthesize_arrays(synth: Synthesizer, case: tuple, code: tuple[int, ...]) ->
 
 def read_case(synth: Synthesizer, files: list[Path]) -> tuple:
     """The case preprocessed as for segmentation, and its images as arrays (for the brain mask)."""
-    from nnunet_allstage.evaluation import preprocess_case
     data, props = preprocess_case(synth.predictor, files)
     return data, props, [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files]
 
@@ -151,7 +140,6 @@ def synthesize_folder(synth: Synthesizer, input_folder: Path, output_folder: Pat
     """Writes, for every case of ``input_folder`` (nnU-Net or BraTS naming), the sequences it lacks in nnU-Net
     naming (CASE_XXXX.nii.gz, on the case's grid) and ``synthesized.json``; ``with_inputs`` copies the real ones
     too, so ``output_folder`` holds complete cases. Returns the record."""
-    from nnunet_allstage.prediction import find_input_cases, materialise_case
     ending = synth.predictor.dataset_json["file_ending"]
     cases, _ = find_input_cases(input_folder, ending, synth.names)
     output_folder.mkdir(parents=True, exist_ok=True)
@@ -182,9 +170,9 @@ def synthesize_folder(synth: Synthesizer, input_folder: Path, output_folder: Pat
             except AllStageError as e:
                 log(f"error: {e}")
                 record["failed"][case.case_id] = str(e)
-    (output_folder / RECORD_FILE).write_text(json.dumps(record, indent=1))
+    (output_folder / SYNTHESIZED_RECORD).write_text(json.dumps(record, indent=1))
     n = sum(bool(e["synthetic"]) for e in record["cases"].values())
-    log(f"{n} case(s) with synthetic sequences written to {output_folder} (listed in {RECORD_FILE})"
+    log(f"{n} case(s) with synthetic sequences written to {output_folder} (listed in {SYNTHESIZED_RECORD})"
         + (f"; failed: {', '.join(record['failed'])}" if record["failed"] else ""))
     if cases and len(record["failed"]) == len(cases):
         raise AllStageError("no case could be synthesized")
@@ -208,9 +196,8 @@ def similarity(real: np.ndarray, synthetic: np.ndarray, brain: np.ndarray) -> tu
     a = np.clip((real - lo) / scale, 0, 1) * brain
     b = np.clip((synthetic - lo) / scale, 0, 1) * brain
     mse = float(np.mean((a[brain] - b[brain]) ** 2))
-    psnr = 10 * np.log10(1.0 / max(mse, 1e-10))
     _, ssim_map = structural_similarity(a, b, data_range=1.0, full=True)
-    return float(psnr), float(ssim_map[brain].mean())
+    return float(psnr(mse, 1.0)), float(ssim_map[brain].mean())
 
 
 def evaluate_synthesis(synth: Synthesizer, input_folder: Path, output_folder: Path, log=print) -> dict:
@@ -218,7 +205,6 @@ def evaluate_synthesis(synth: Synthesizer, input_folder: Path, output_folder: Pa
     fills them in, and PSNR/SSIM inside the brain compare each synthetic sequence with the real one. Writes
     synthesis_metrics.csv, synthesis_table.md and synthesis_examples.png."""
     import pandas as pd
-    from nnunet_allstage.prediction import find_input_cases
     ending = synth.predictor.dataset_json["file_ending"]
     cases, _ = find_input_cases(input_folder, ending, synth.names)
     complete = [c for c in cases if all(f is not None for f in c.files)]
@@ -235,9 +221,9 @@ def evaluate_synthesis(synth: Synthesizer, input_folder: Path, output_folder: Pa
             for c in (c for c, keep in enumerate(code) if not keep):
                 synthetic = to_intensity(z[c], brain, synth.reference, synth.names[c])
                 mask = brain & (real[c] != 0)
-                psnr, ssim = similarity(real[c], synthetic, mask)
+                db, ssim = similarity(real[c], synthetic, mask)
                 rows.append({"case": case.case_id, "combination": code_label(code, synth.names),
-                             "modality": synth.names[c], "psnr": psnr, "ssim": ssim})
+                             "modality": synth.names[c], "psnr": db, "ssim": ssim})
                 if sum(code) == len(code) - 1 and synth.names[c] not in examples:
                     examples[synth.names[c]] = (real[c], synthetic, mask)
             bar.update()

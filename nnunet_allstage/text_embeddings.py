@@ -1,6 +1,6 @@
 """Embedding table of the 2^M - 1 modality combinations (bit order, see modalities.py).
 
-* ``clip``: the prompts of METHOD.md through a frozen open_clip text encoder (ViT-B-32 with the OpenAI weights
+* ``clip``: the prompts of the hyper-network through a frozen open_clip text encoder (ViT-B-32 with the OpenAI weights
   by default), L2-normalised. Computed once and cached under ``$XDG_CACHE_HOME/nnunet_allstage`` (or
   ``~/.cache``), keyed by model, weights and prompts. The table becomes a buffer of the network, so
   checkpoints carry it and inference never loads CLIP.

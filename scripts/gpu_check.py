@@ -10,6 +10,7 @@ not depend on them). Budget: under 10 minutes on one GPU.
 
     python scripts/gpu_check.py                         # on a GPU
     python scripts/gpu_check.py --device cpu --tiny     # proves on the CPU that the script works (CI)
+    python scripts/gpu_check.py --device cpu --tiny -d 960   # the same on a planned dataset of yours
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import predecessor_checkpoints, prepare_synthetic, untrained_checkpoint  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from bench_common import predecessor_checkpoints, prepare_synthetic, untrained_checkpoint, use_dataset  # noqa: E402
 
 BRATS_SHAPE = (240, 240, 155)  # x, y, z at 1 mm
 TINY_SHAPE = (40, 48, 36)
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="compiled runs need warm-up steps")
     parser.add_argument("--trainers", nargs="+", help="default: stock and every trainer of bench_train_step")
     parser.add_argument("--workdir", default="gpu_check_output")
+    parser.add_argument("-d", dest="dataset_id", type=int,
+                        help="a planned dataset instead of the synthetic one (its untrained models go to --workdir)")
     args = parser.parse_args()
     start = time.time()
     import torch
@@ -80,7 +83,12 @@ def main() -> None:
     shape = TINY_SHAPE if args.tiny else BRATS_SHAPE
     steps, warmup = (1, 0) if args.tiny else (args.steps, args.warmup)
     workdir = Path(args.workdir).resolve() / ("tiny" if args.tiny else "brats_size")
-    dataset_id = prepare_synthetic(workdir, shape=shape, num_cases=6 if args.tiny else 5)
+    if args.dataset_id is None:
+        dataset_id = prepare_synthetic(workdir, shape=shape, num_cases=6 if args.tiny else 5)
+    else:
+        args.workdir = str(workdir)
+        use_dataset(args)
+        dataset_id = args.dataset_id
     predecessor_checkpoints(dataset_id, torch.device("cpu"))
     for trainer in ("nnUNetTrainer", "AllStageTrainer"):
         untrained_checkpoint(dataset_id, trainer, torch.device("cpu"))

@@ -1,3 +1,14 @@
+"""Fixtures shared by the whole suite. What costs minutes is made once per session: one planned synthetic dataset
+(`workspace`), the chain trained on it for one epoch per stage plus the baseline (`trained`), and a second planned
+dataset that holds training cases without labels (`unlabelled_workspace`). A fixture that fails makes every test
+that needs it fail (pytest reports an error), never skip."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -6,6 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 BRATS2018_SAMPLE = SHARED / "data" / "brats2018_sample" / "MICCAI_BraTS_2018_Data_Training"
 SMALL_SHAPE = (32, 36, 28)
+DATASET_ID = 960  # the shared planned dataset
+UNLABELLED_DATASET_ID = 961  # the shared dataset with training cases that have no labels
+BIN = Path(sys.executable).parent
+# two iterations per epoch and one validation iteration: every code path of a stage, in seconds
+FAST = {"NNUNET_ALLSTAGE_ITERATIONS_PER_EPOCH": "2", "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "1",
+        "NNUNET_ALLSTAGE_CLIP_PRETRAINED": "random-test-only", "nnUNet_compile": "f", "nnUNet_def_n_proc": "2"}
+CHAIN = ("AllStageMAETrainer_1epoch", "AllStageHyperTrainer_1epoch", "AllStageMAEDATrainer_1epoch",
+         "AllStageTrainer_1epoch")
+BASELINE = "AllStageDropoutTrainer_1epoch"
 
 
 @pytest.fixture
@@ -32,3 +52,102 @@ def synthetic_src(tmp_path_factory):
     """Eight small synthetic cases in the BraTS 2020 layout (read-only: copy before modifying)."""
     from nnunet_allstage.synthetic import write_synthetic_brats
     return write_synthetic_brats(tmp_path_factory.mktemp("synthetic"), num_cases=8, seed=0, shape=SMALL_SHAPE)
+
+
+@dataclass
+class Workspace:
+    """A planned dataset in nnU-Net folders of its own: ``env`` is what a subprocess needs to use it."""
+    root: Path
+    env: dict
+    dataset_id: int
+
+    @property
+    def raw(self) -> Path:
+        return next((self.root / "nnUNet_raw").glob(f"Dataset{self.dataset_id}_*"))
+
+    @property
+    def preprocessed(self) -> Path:
+        return next((self.root / "nnUNet_preprocessed").glob(f"Dataset{self.dataset_id}_*"))
+
+    def output_folder(self, trainer: str, plans: str = "nnUNetPlans", configuration: str = "3d_fullres",
+                      fold="0") -> Path:
+        return self.root / "nnUNet_results" / self.raw.name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+
+    def test_case(self) -> str:
+        return sorted(p.name[:-12] for p in (self.raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+
+    def train(self, trainer: str, *extra: str, env_extra: dict | None = None, check: bool = True
+              ) -> subprocess.CompletedProcess:
+        """nnUNetv2_train on fold 0 of this dataset, on the CPU, augmentation in the main process."""
+        cmd = [str(BIN / "nnUNetv2_train"), str(self.dataset_id), "3d_fullres", "0", "-tr", trainer, "-device",
+               "cpu", *extra]
+        result = subprocess.run(cmd, env={**self.env, "nnUNet_n_proc_DA": "0", **(env_extra or {})},
+                                capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{trainer} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def cli(self, *args: str, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+        """The `nnunet-allstage` command a user types, in this workspace's environment."""
+        result = subprocess.run([str(BIN / "nnunet-allstage"), *args], env={**self.env, **(env_extra or {})},
+                                capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise AssertionError(f"nnunet-allstage {' '.join(args)} failed:\n{result.stdout[-3000:]}\n"
+                                 f"{result.stderr[-3000:]}")
+        return result
+
+
+    def use(self, monkeypatch) -> None:
+        """This workspace's environment in the test's own process, for one test."""
+        for k, v in self.env.items():
+            monkeypatch.setenv(k, v)
+
+
+def _workspace(tmp_path_factory, name: str, dataset_id: int) -> Workspace:
+    from nnunet_allstage.environment import trainer_shim_dir
+    root = tmp_path_factory.mktemp(name)
+    env = {**os.environ, **FAST, "nnUNet_extTrainer": str(trainer_shim_dir()), "XDG_CACHE_HOME": str(root / "cache")}
+    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[folder] = str(root / folder)
+    return Workspace(root, env, dataset_id)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, synthetic_src):
+    """The synthetic cases converted at FM ratio 0.25 and planned with nnU-Net's default plans. The session's
+    environment points at its nnU-Net folders while it lives (tests that need others set their own)."""
+    from nnunet_allstage.conversion import convert_brats
+    from nnunet_allstage.planning import plan_dataset
+    ws, mp = _workspace(tmp_path_factory, "workspace", DATASET_ID), pytest.MonkeyPatch()
+    for k, v in ws.env.items():
+        mp.setenv(k, v)
+    convert_brats(synthetic_src, dataset_id=DATASET_ID, fm_ratio=0.25, seed=0, num_processes=2)
+    plan_dataset(DATASET_ID, num_processes=2)
+    yield ws
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def trained(workspace):
+    """The four stages and the nnU-Net + MDrop baseline, one epoch each, through nnUNetv2_train (fold 0)."""
+    for trainer in (*CHAIN, BASELINE):
+        workspace.train(trainer)
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def unlabelled_workspace(tmp_path_factory, synthetic_src):
+    """Five labelled synthetic cases plus three in a folder of their own without label files, converted with
+    `convert-brats --unlabelled-src` and planned with `plan`, through the user's command."""
+    ws = _workspace(tmp_path_factory, "unlabelled", UNLABELLED_DATASET_ID)
+    src, unlabelled = ws.root / "labelled_src", ws.root / "unlabelled_src"
+    cases = sorted(p for p in synthetic_src.iterdir() if p.is_dir())
+    for i, case in enumerate(cases):
+        target = (unlabelled if i >= 5 else src) / case.name
+        shutil.copytree(case, target)
+        if i >= 5:
+            next(target.glob("*_seg.nii.gz")).unlink()
+    ws.cli("convert-brats", "--src", str(src), "--unlabelled-src", str(unlabelled), "-d", str(UNLABELLED_DATASET_ID),
+           "--fm-ratio", "0.25", "--seed", "0")
+    ws.cli("plan", "-d", str(UNLABELLED_DATASET_ID))
+    return ws

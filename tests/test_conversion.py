@@ -413,3 +413,119 @@ def test_evaluate_refuses_truncated_or_nan_test_files_before_predicting(tmp_path
     truncate(images / "case2_0001.nii.gz") if how == "truncated" else add_nan(images / "case2_0003.nii.gz")
     with pytest.raises(AllStageError, match="case case2: .*" + ("truncated" if how == "truncated" else "NaN")):
         find_test_cases(images, labels, ".nii.gz", 4)
+
+
+# ---------------------------------------------------------------- scans without labels
+def _split_labelled_and_unlabelled(root: Path, synthetic_src: Path, n_unlabelled: int = 3) -> tuple[Path, Path]:
+    labelled, unlabelled = root / "labelled", root / "unlabelled"
+    cases = sorted(p for p in synthetic_src.iterdir() if p.is_dir())
+    for i, case in enumerate(cases):
+        target = (unlabelled if i >= len(cases) - n_unlabelled else labelled) / case.name
+        shutil.copytree(case, target)
+        if i >= len(cases) - n_unlabelled:
+            next(target.glob("*_seg.nii.gz")).unlink()
+    return labelled, unlabelled
+
+
+def test_unlabelled_folder_joins_training_without_labels(nnunet_env, synthetic_src):
+    labelled, unlabelled = _split_labelled_and_unlabelled(nnunet_env, synthetic_src)
+    (unlabelled / "BraTS20_Training_007" / "BraTS20_Training_007_t2.nii.gz").unlink()  # really missing there too
+    assert main(["convert-brats", "--src", str(labelled), "--unlabelled-src", str(unlabelled), "-d", "931",
+                 "--fm-ratio", "0.25", "--seed", "0", "-np", "1"]) == 0
+    ds = _dataset(nnunet_env, 931)
+    rec = read_availability(ds)
+    names = ["BraTS20_Training_006", "BraTS20_Training_007", "BraTS20_Training_008"]
+    assert rec["unlabelled"] == names and rec["labels"]["unlabelled_source"] == str(unlabelled.resolve())
+    assert set(names) <= set(rec["split"]["train"]) and not set(names) & set(rec["split"]["val"] + rec["split"]["test"])
+    assert rec["missing_in_source"]["BraTS20_Training_007"] == ["T2"] and rec["cases"]["BraTS20_Training_007"][3] == 0
+    # 5 labelled cases split 3:1:1, the 3 unlabelled ones in training: round(0.25 * 6) = 2 keep every sequence
+    assert sum(all(rec["cases"][c]) for c in rec["split"]["train"]) == 2
+    dataset_json = json.loads((ds / "dataset.json").read_text())
+    assert dataset_json["labels"]["ignore"] == 4 and dataset_json["numTraining"] == 7
+    for case in names:
+        assert set(np.unique(_arr(ds / "labelsTr" / f"{case}.nii.gz"))) == {4}
+    for case in rec["split"]["train"][:2]:
+        assert set(np.unique(_arr(ds / "labelsTr" / f"{case}.nii.gz"))) <= {0, 1, 2, 3}
+
+
+def test_labelled_fraction_keeps_round_f_n_labels_and_records_them(nnunet_env, synthetic_src):
+    convert_brats(synthetic_src, dataset_id=932, split={"name": "x", "train": [f"BraTS20_Training_{i:03d}" for i in
+                                                                                range(1, 7)],
+                                                        "val": ["BraTS20_Training_007"], "test": ["BraTS20_Training_008"]},
+                  labelled_fraction=0.5, seed=3, num_processes=1)
+    rec = read_availability(_dataset(nnunet_env, 932))
+    simulation = rec["labels"]["simulation"]
+    assert len(simulation["kept"]) == 3 and len(simulation["dropped"]) == 3  # round(0.5 * 6)
+    assert rec["unlabelled"] == simulation["dropped"] and not set(simulation["kept"]) & set(simulation["dropped"])
+    assert "BraTS20_Training_007" not in rec["unlabelled"] and "BraTS20_Training_008" not in rec["unlabelled"]
+    # at least one kept however small the fraction; the same seed keeps the same cases
+    convert_brats(synthetic_src, dataset_id=933, labelled_fraction=0.01, seed=3, num_processes=1)
+    assert len(read_availability(_dataset(nnunet_env, 933))["labels"]["simulation"]["kept"]) == 1
+
+
+@pytest.mark.parametrize("how", ["label in unlabelled folder", "same case in both", "fraction above one",
+                                 "fraction zero", "all unlabelled", "unlabelled case listed as val"])
+def test_bad_unlabelled_inputs_are_one_line_errors(nnunet_env, synthetic_src, capsys, how):
+    labelled, unlabelled = _split_labelled_and_unlabelled(nnunet_env, synthetic_src)
+    args = ["convert-brats", "--src", str(labelled), "--unlabelled-src", str(unlabelled), "-d", "934", "-np", "1"]
+    expected = {"label in unlabelled folder": "case BraTS20_Training_006 of --unlabelled-src has a label file",
+                "same case in both": "case BraTS20_Training_001 is in --src",
+                "fraction above one": "--labelled-fraction must lie in (0, 1]",
+                "fraction zero": "--labelled-fraction must lie in (0, 1]",
+                "all unlabelled": "every training case would be unlabelled",
+                "unlabelled case listed as val": "has no label file, but the split puts it in 'val'"}[how]
+    if how == "label in unlabelled folder":
+        shutil.copy(synthetic_src / "BraTS20_Training_006" / "BraTS20_Training_006_seg.nii.gz",
+                    unlabelled / "BraTS20_Training_006")
+    elif how == "same case in both":
+        shutil.copytree(labelled / "BraTS20_Training_001", unlabelled / "BraTS20_Training_001")
+        next((unlabelled / "BraTS20_Training_001").glob("*_seg.nii.gz")).unlink()
+    elif how == "fraction above one":
+        args += ["--labelled-fraction", "1.5"]
+    elif how == "fraction zero":
+        args += ["--labelled-fraction", "0"]
+    elif how == "all unlabelled":
+        for case in labelled.iterdir():
+            next(case.glob("*_seg.nii.gz")).unlink()
+        args = ["convert-folder", "--src", str(labelled), "-d", "934", "--name", "X", "--modality", "FLAIR=*_flair.nii.gz",
+                "--modality", "T2=*_t2.nii.gz", "--label", "*_seg.nii.gz", "--allow-unlabelled", "-np", "1"]
+    else:
+        split = nnunet_env / "split.json"
+        for case in labelled.iterdir():
+            if case.name == "BraTS20_Training_005":
+                next(case.glob("*_seg.nii.gz")).unlink()
+        split.write_text(json.dumps({"train": [f"BraTS20_Training_00{i}" for i in range(1, 4)],
+                                     "val": ["BraTS20_Training_005"], "test": ["BraTS20_Training_004"]}))
+        args = ["convert-folder", "--src", str(labelled), "-d", "934", "--name", "X", "--modality", "FLAIR=*_flair.nii.gz",
+                "--modality", "T2=*_t2.nii.gz", "--label", "*_seg.nii.gz", "--allow-unlabelled", "--split-file",
+                str(split), "-np", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert _nothing_left(nnunet_env)
+    if how == "label in unlabelled folder":  # ... unless the labels are to be kept
+        assert main(args + ["--keep-labels"]) == 0
+        rec = read_availability(_dataset(nnunet_env, 934))
+        assert "BraTS20_Training_006" in rec["split"]["train"] and rec["unlabelled"] == ["BraTS20_Training_007",
+                                                                                        "BraTS20_Training_008"]
+
+
+def test_convert_real_sample_with_half_of_the_labels(nnunet_env, brats_sample):
+    """The study's scarce-label setting on the real sample: 4 of the 8 training cases keep their labels."""
+    cases = [c for c in discover_brats_cases(brats_sample, brats_layout("2018"))]
+    held_back = {"Brats18_2013_3_1", "Brats18_CBICA_AME_1", "Brats18_TCIA01_425_1", "Brats18_TCIA10_637_1"}
+    train = sorted(c.case_id for c in cases if c.case_id not in held_back)
+    source = nnunet_env / "train_source"
+    source.mkdir()
+    for c in cases:
+        if c.case_id in train:
+            (source / c.case_id).symlink_to(c.folder, target_is_directory=True)
+    convert_brats(source, dataset_id=935, split={"name": "study", "train": train, "val": [], "test": []},
+                  fm_ratio=0.25, labelled_fraction=0.5, seed=0, num_processes=2)
+    ds = _dataset(nnunet_env, 935)
+    rec = read_availability(ds)
+    assert len(rec["unlabelled"]) == 4 and len(rec["labels"]["simulation"]["kept"]) == 4
+    for case in rec["unlabelled"]:
+        assert set(np.unique(_arr(ds / "labelsTr" / f"{case}.nii.gz"))) == {4}
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    verify_dataset_integrity(str(ds), num_processes=2)  # nnU-Net accepts the ignore label

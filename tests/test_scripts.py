@@ -1,4 +1,4 @@
-"""The benchmark scripts run (their numbers are measurements for README, never asserted)."""
+"""The GPU check script runs on the CPU (its numbers are measurements for the documentation, never asserted)."""
 import re
 import subprocess
 import sys
@@ -10,10 +10,12 @@ pytestmark = pytest.mark.slow
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def test_gpu_check_runs_on_the_cpu(tmp_path):
+def test_gpu_check_runs_on_the_cpu(workspace, tmp_path):
+    """On the shared planned dataset (its untrained models in a folder of the script's own), stock and stage 4."""
     result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--device", "cpu", "--tiny",
-                             "--workdir", str(tmp_path), "--trainers", "nnUNetTrainer", "AllStageTrainer"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=900)
+                             "-d", str(workspace.dataset_id), "--workdir", str(tmp_path), "--trainers",
+                             "nnUNetTrainer", "AllStageTrainer"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=900, env=workspace.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for name in ("nnUNetTrainer", "AllStageTrainer"):  # a row with ms/it, ratio and peak memory
@@ -22,3 +24,4 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
                  "nnunet-allstage predict, AllStageTrainer"):
         assert re.search(rf"^{re.escape(name)}\s+ratio to stock\s+[\d.]+$", out, re.M), out
     assert (tmp_path / "tiny" / "predictions").is_dir()
+    assert not any((workspace.root / "nnUNet_results").rglob("nnUNetTrainer__*"))  # the user's results untouched

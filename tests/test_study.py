@@ -1,98 +1,121 @@
-"""scripts/study_real.py without training: rows, shared jobs, the table's paired statistics."""
-import json
-import subprocess
+"""scripts/studies/study_real.py without training: rows by name, shared runs, budgets and splits, costs, the tables'
+paired statistics (values worked out by hand)."""
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "studies"))
 import study_real  # noqa: E402
 
+RATIO = {"nnUNetTrainer": 1.0, "AllStageDropoutTrainer": 1.0, "AllStageMAETrainer": 1.0,
+         "AllStageHyperTrainer": 1.0, "AllStageMAEDATrainer": 2.0, "AllStageTrainer": 3.0}
 
-def test_rows_of_other_ladders_and_bad_names():
-    rows = study_real.select_rows("table4", "3,4,recipe:3,recipe:3")
-    assert [r.label for r in rows] == ["+ co-distillation (full method)", "stage 2 alone (hyper-network from stage 1)",
+
+def test_rows_by_name_and_bad_names():
+    rows = study_real.select_rows("table4", "stage4,stage2,stage4-from-stage2,stage4-from-stage2")
+    assert [r.label for r in rows] == ["stage 4: co-distillation (deployed)", "stage 2: hyper-network (the teacher)",
                                        "stage 4, student from stage 2"]
-    assert rows[2].options == {"student_init": "stage2"}
-    with pytest.raises(SystemExit, match="names no row"):
-        study_real.select_rows("table4", "recipe:99")
+    assert rows[2].option_dict == {"student_init": "stage2"}
+    assert [r.name for r in study_real.select_rows("method", None)] == ["stage2", "stage4"]
+    assert study_real.select_rows("method", "") == []
+    with pytest.raises(SystemExit, match="no row named 'stage9'"):
+        study_real.select_rows("table4", "stage9")
 
 
-def test_jobs_are_shared_exactly_where_the_options_do_not_matter():
-    key = study_real.job_key
-    # g's learning rate matters to stage 4 only: its stage 2 and 3 are the default row's
-    assert key("AllStageHyperTrainer", {"recovery_lr_scale": "0.03"}, 1) == key("AllStageHyperTrainer", {}, 1)
-    assert key("AllStageTrainer", {"recovery_lr_scale": "0.03"}, 1) != key("AllStageTrainer", {}, 1)
+def job(trainer, options=None, iterations=128, rerun=0, **per_trainer):
+    schedule = study_real.Schedule("s", iterations, tuple(per_trainer.items()))
+    return study_real.make_job(trainer, options or {}, schedule, rerun)
+
+
+def test_runs_are_shared_exactly_where_the_options_and_iterations_do_not_matter():
+    # g's learning rate matters to stage 4 only: its stages 1-3 are the default row's
+    slow_g = job("AllStageTrainer", {"recovery_lr_scale": "0.03"})
+    default = job("AllStageTrainer")
+    assert slow_g.key != default.key
+    assert [p.key for p in slow_g.predecessors] == [p.key for p in default.predecessors]
     # the optimiser changes stage 2, hence every stage 4 built on it; the MAE has its own
-    assert key("AllStageHyperTrainer", {"segmentation_optimizer": "nnunet"}, 1) != key("AllStageHyperTrainer", {}, 1)
-    assert key("AllStageMAETrainer", {"segmentation_optimizer": "nnunet"}, 1) == key("AllStageMAETrainer", {}, 1)
-    assert key("AllStageDropoutTrainer", {}, 4) != key("AllStageDropoutTrainer", {}, 1)
-    # a second run of a row is a run of its own, and the first run keeps the key it always had
-    assert key("AllStageTrainer", {}, 1, 1) != key("AllStageTrainer", {}, 1) == key("AllStageTrainer", {}, 1, 0)
-    # ... on the same predecessors: the folders it links are those of the first runs
-    jobs = study_real.Jobs(Path("/r"), "D", "P", None, {})
-    assert jobs.folder("AllStageTrainer", {}, 1, 1) != jobs.folder("AllStageTrainer", {}, 1)
-    reruns = [r for r in study_real.LADDERS["recipe"] if r.rerun]
-    # a chain's minutes count each run once: stage 1 under stages 2 and 3, stage 2 as teacher and as stage 3's
-    minutes = {"AllStageMAETrainer": 1.0, "AllStageHyperTrainer": 2.0, "AllStageMAEDATrainer": 4.0,
-               "AllStageTrainer": 8.0}
-    jobs.minutes = {str(jobs.folder(t, {}, 1)): m for t, m in minutes.items()}
-    assert jobs.chain_minutes("AllStageTrainer", {}) == 15.0
-    jobs.minutes.update({str(jobs.folder("AllStageTrainer", {"student_init": "stage2"}, 1)): 8.0})
-    assert jobs.chain_minutes("AllStageTrainer", {"student_init": "stage2"}) == 15.0
-    assert [(r.trainer, r.options) for r in reruns] == [("AllStageHyperTrainer", {}), ("AllStageTrainer", {})]
+    assert job("AllStageHyperTrainer", {"segmentation_optimizer": "nnunet"}).key != job("AllStageHyperTrainer").key
+    assert job("AllStageMAETrainer", {"segmentation_optimizer": "nnunet"}).key == job("AllStageMAETrainer").key
+    # a default spelt out is the default
+    assert job("AllStageHyperTrainer", {"segmentation_optimizer": "paper"}).key == job("AllStageHyperTrainer").key
+    # iterations are part of a run; a second run of a row is a run of its own on the first runs' predecessors
+    assert job("AllStageDropoutTrainer", iterations=512).key != job("AllStageDropoutTrainer").key
+    again = job("AllStageTrainer", rerun=1)
+    assert again.key != default.key and again.predecessors == default.predecessors
+    # a split changes the stage it names and everything built on it, nothing before it
+    split = job("AllStageTrainer", AllStageMAEDATrainer=64)
+    stages = {j.trainer: j for j in split.chain().values()}
+    reference = {j.trainer: j for j in default.chain().values()}
+    assert stages["AllStageMAETrainer"] == reference["AllStageMAETrainer"]
+    assert stages["AllStageHyperTrainer"] == reference["AllStageHyperTrainer"]
+    assert stages["AllStageMAEDATrainer"].iterations == 64 and split.key != default.key
 
 
-def summary(tmp_path):
-    rows = [study_real.Row("A", "AllStageHyperTrainer"), study_real.Row("B", "AllStageTrainer")]
-    cases = ["c1", "c2", "c3"]
+def test_chain_cost_counts_each_run_once_in_training_order():
+    chain = job("AllStageTrainer").chain()
+    # stage 1 under stages 2 and 3, stage 2 as teacher and as stage 3's teacher: four runs, predecessors first
+    assert [j.trainer for j in chain.values()] == ["AllStageMAETrainer", "AllStageHyperTrainer",
+                                                   "AllStageMAEDATrainer", "AllStageTrainer"]
+    # 128 * (1 + 1 + 2 + 3) stock iterations
+    assert study_real.chain_cost(job("AllStageTrainer"), RATIO) == 896
+    # with the student from stage 2 the chain is still those four runs
+    assert study_real.chain_cost(job("AllStageTrainer", {"student_init": "stage2"}), RATIO) == 896
+
+
+def test_split_schedule_meets_the_budget_in_whole_epochs():
+    # weights 1:1:0.5:2 at 1120 stock iterations: unit = 1120 / (1 + 1 + 0.5*2 + 2*3) = 124.4 iterations; in epochs
+    # of 16: 124.4/16 = 7.8 -> 8, 8, 3.9 -> 4, 15.6 -> 16
+    schedule = study_real.split_schedule((1, 1, 0.5, 2), 1120, RATIO, 16)
+    assert [schedule.iterations(t) for t in study_real.CHAIN] == [128, 128, 64, 256]
+    assert study_real.chain_budget("equal:128", RATIO) == 896 and study_real.chain_budget("900", RATIO) == 900.0
+    with pytest.raises(SystemExit, match="4 positive weights"):
+        study_real.parse_split("1:1:1")
+
+
+def test_entries_of_a_frontier_study():
+    args = study_real.parse_args(["--budgets", "128,512", "--baseline-multiples", "1,4", "--chain-budget", "equal:128",
+                                  "--splits", "1:1:1:1,1:1:0.5:2", "--also-best"])
+    entries = study_real.entries_of(study_real.select_rows("method", None), args, RATIO)
+    names = [e.name for e in entries]
+    assert names[:4] == ["stage2 @ 128 it/trainer", "stage2 @ 128 it/trainer (checkpoint_best)",
+                         "stage4 @ 128 it/trainer", "stage4 @ 128 it/trainer (checkpoint_best)"]
+    # MDrop at 1x and 4x of each budget: 128, 512 (shared by 4x128 and 1x512), 2048
+    assert [e.schedule.default for e in entries if e.row is study_real.MDROP and e.section == "budget"] == \
+        [128, 512, 2048]
+    # the equal split at 128 is the budget's own chain; MDrop beside the splits at the same cost, in whole epochs
+    splits = [e for e in entries if e.section == "split"]
+    assert splits[0].schedule.iterations("AllStageTrainer") == 128
+    assert splits[-1].row is study_real.MDROP and splits[-1].schedule.default == 896
+    with pytest.raises(SystemExit):
+        study_real.parse_args(["--budgets", "100"])  # not whole epochs of 16
+
+
+def seed_result(seed, dice_by_entry):
+    """A SeedResult whose per-case average Dice is given; every region equal to it."""
+    r = study_real.SeedResult(seed, {}, {}, {}, {}, {}, {}, RATIO, {})
+    for name, per_case in dice_by_entry.items():
+        r.per_case_dice[name] = {c: {"WT": v, "TC": v, "ET": v, "avg": v} for c, v in per_case.items()}
+        r.hd95[name], r.cost[name], r.minutes[name], r.iterations[name] = 20.0, 100.0, [1.0, 3.0], {"A": 128}
+    return r
+
+
+def test_paired_differences_by_hand():
     a = {"c1": 0.50, "c2": 0.40, "c3": 0.60}
     b = {"c1": 0.55, "c2": 0.38, "c3": 0.70}  # paired differences +5, -2, +10 Dice points
-    per_case = {"A": {c: {"WT": a[c], "avg": a[c]} for c in cases}, "B": {c: {"WT": b[c], "avg": b[c]} for c in cases}}
-    data = {"settings": {"rows": [r.__dict__ for r in rows]}, "per_case_dice": [per_case],
-            "hd95_avg": [{"A": 20.0, "B": 18.0}], "train_minutes": [{"A": [3.0, 7.0], "B": [9.0, 25.0]}],
-            "evaluation": [{"regions": ["WT"]}]}
-    path = tmp_path / "study_summary.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
-def test_table_paired_differences_by_hand(tmp_path):
-    path = summary(tmp_path)
-    out = subprocess.run([sys.executable, str(SCRIPTS / "study_real.py"), "--table-from", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    row_b = next(line for line in out.splitlines() if line.startswith("| B |"))
-    diffs = np.array([5.0, -2.0, 10.0])
-    se = diffs.std(ddof=1) / np.sqrt(3)
-    assert f"+{diffs.mean():.1f} ± {se:.1f}" in row_b and "| 2/3 |" in row_b and "| 9 / 25 |" in row_b
-    out = subprocess.run([sys.executable, str(SCRIPTS / "study_real.py"), "--table-from", str(path),
-                          "--reference", "2"], capture_output=True, text=True, check=True).stdout
-    row_a = next(line for line in out.splitlines() if line.startswith("| A |"))
-    assert f"-{diffs.mean():.1f} ± {se:.1f}" in row_a and "| 1/3 |" in row_a and "Δ avg vs row 2" in out
-
-
-def test_resume_reads_a_subset_of_the_rows_a_seed_was_evaluated_with():
-    full = [study_real.Row("stage 2 alone", "AllStageHyperTrainer"), study_real.Row("full method", "AllStageTrainer"),
-            study_real.Row("g slow", "AllStageTrainer", {"recovery_lr_scale": "0.03"})]
-    settings = {"spacing": 4.0, "epochs": 8, "iterations": 16, "fm_ratio": 0.25}
-    result = [{r.label: {"c1": {"avg": i / 10}} for i, r in enumerate(full)},
-              {r.label: 10.0 + i for i, r in enumerate(full)}, {r.label: [1.0, 2.0] for r in full},
-              {"regions": ["WT"], "models": {r.label: {"i": i} for i, r in enumerate(full)}}, {"training_min": 1}]
-    saved = {"fingerprint": {"rows": [r.__dict__ for r in full], **settings}, "result": result}
-    # the same runs under another ladder's labels, fewer of them
-    wanted = [study_real.Row("stage 4 (deployed)", "AllStageTrainer"), study_real.Row("teacher", "AllStageHyperTrainer")]
-    dice, hd95, minutes, summary, _ = study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in wanted],
-                                                                            **settings})
-    assert dice == {"stage 4 (deployed)": {"c1": {"avg": 0.1}}, "teacher": {"c1": {"avg": 0.0}}}
-    assert hd95 == {"stage 4 (deployed)": 11.0, "teacher": 10.0}
-    assert summary["models"] == {"stage 4 (deployed)": {"i": 1}, "teacher": {"i": 0}} and summary["regions"] == ["WT"]
-    # a row it never ran, or other settings, mean training again
-    other_options = [study_real.Row("x", "AllStageTrainer", {"student_init": "stage2"})]
-    assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in other_options], **settings}) is None
-    second_run = [study_real.Row("stage 4 again", "AllStageTrainer", rerun=1)]
-    assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in second_run], **settings}) is None
-    assert study_real.rows_of_saved_seed(saved, {"rows": [r.__dict__ for r in wanted],
-                                                 **{**settings, "epochs": 4}}) is None
+    results = [seed_result(0, {"A": a, "B": b})]
+    mean, se, wins, n = study_real.paired(results, "B", "A")
+    # mean 13/3 = 4.333; sd of (5, -2, 10) = sqrt(((0.667)^2 + (6.333)^2 + (5.667)^2) / 2) = 6.028; s.e. 3.480
+    assert mean == pytest.approx(4.3333, abs=1e-3) and se == pytest.approx(3.4801, abs=1e-3) and (wins, n) == (2, 3)
+    # two seeds: the per-case differences are averaged over seeds first ((5+1)/2, (-2+0)/2, (10+4)/2 = 3, -1, 7)
+    b2 = {"c1": 0.51, "c2": 0.40, "c3": 0.64}
+    results.append(seed_result(1, {"A": a, "B": b2}))
+    mean, se, wins, n = study_real.paired(results, "B", "A")
+    assert mean == pytest.approx(3.0) and se == pytest.approx(np.sqrt(16 / 3)) and wins == 2
+    table = study_real.entry_table(["A", "B"], {"A": "row A", "B": "row B"}, results, ["WT"], "A")
+    row_b = next(line for line in table.splitlines() if line.startswith("| row B |"))
+    # Dice avg per seed 54.3 and 51.7 -> mean 53.0, sd 1.9 (of 54.33 and 51.67)
+    assert "| 53.0 ± 1.9 |" in row_b and "| +3.0 ± 2.3 |" in row_b and "| 2/3 |" in row_b and "| 1 / 3 |" in row_b
+    header, rule = table.splitlines()[:2]
+    assert header.count("|") == rule.count("|")

@@ -1,8 +1,13 @@
-"""The teacher probe's summary by hand (the models themselves: tests/test_stages_integration.py)."""
+"""The teacher probe's summary by hand (scripts/studies/teacher_probe.py; the models themselves:
+tests/test_stages_integration.py)."""
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from nnunet_allstage.teacher_probe import format_probe_summary, probe_summary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "studies"))
+from teacher_probe import format_probe_summary, probe_summary  # noqa: E402
 
 
 def test_probe_summary_by_hand():

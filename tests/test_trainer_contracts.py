@@ -11,43 +11,32 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DATASET_ID, UNLABELLED_DATASET_ID
+
 pytestmark = pytest.mark.slow
 
-DATASET_ID = 970
-SHAPE = (32, 36, 28)
+# predecessors that the session's trained chain does not hold, saved freshly initialised where the next stage looks
+UNTRAINED_PREDECESSORS = ("AllStageHyperTrainer_Binary_1epoch", "AllStageMAEDATrainer_Binary_1epoch",
+                          "AllStageMAEFinetuneTrainer_1epoch")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from nnunet_allstage.conversion import convert_brats
-    from nnunet_allstage.environment import trainer_shim_dir
-    from nnunet_allstage.planning import plan_dataset
-    from nnunet_allstage.synthetic import write_synthetic_brats
-    root = tmp_path_factory.mktemp("contracts")
+def dataset(trained):
+    """The shared planned dataset with the session's one-epoch chain as predecessors (the contract does not depend
+    on training), plus untrained predecessors of the ablations; augmentation in the main process."""
     mp = pytest.MonkeyPatch()
-    env = {"nnUNet_extTrainer": str(trainer_shim_dir()), "nnUNet_compile": "f", "nnUNet_def_n_proc": "2",
-           "NNUNET_ALLSTAGE_CLIP_PRETRAINED": "random-test-only", "XDG_CACHE_HOME": str(root / "cache")}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[name] = str(root / name)
-    for k, v in env.items():
-        mp.setenv(k, v)
-    src = write_synthetic_brats(root / "src", num_cases=6, seed=3, shape=SHAPE)
-    convert_brats(src, dataset_id=DATASET_ID, fm_ratio=0.25, seed=1, num_processes=1)
-    plan_dataset(DATASET_ID, num_processes=1)
     mp.setenv("nnUNet_n_proc_DA", "0")  # after planning, which it would break
-    # the predecessors, untrained: each saved where the next stage looks for it
-    for name in ("AllStageMAETrainer_1epoch", "AllStageHyperTrainer_1epoch", "AllStageHyperTrainer_Binary_1epoch",
-                 "AllStageMAEDATrainer_1epoch", "AllStageMAEDATrainer_Binary_1epoch",
-                 "AllStageMAEFinetuneTrainer_1epoch"):
-        t = build(name)
-        t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
-    yield root
+    for name in UNTRAINED_PREDECESSORS:
+        if not (trained.output_folder(name) / "checkpoint_final.pth").is_file():
+            t = build(name)
+            t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    yield trained.root
     mp.undo()
 
 
-def build(name: str):
+def build(name: str, dataset_id: int = DATASET_ID):
     from nnunetv2.run.run_training import get_trainer_from_args
-    trainer = get_trainer_from_args(str(DATASET_ID), "3d_fullres", 0, name, "nnUNetPlans", device=torch.device("cpu"))
+    trainer = get_trainer_from_args(str(dataset_id), "3d_fullres", 0, name, "nnUNetPlans", device=torch.device("cpu"))
     trainer.initialize()
     return trainer
 
@@ -114,17 +103,56 @@ def changed(before, module):
 
 SEGMENTATION_TRAINERS = ["AllStageHyperTrainer_1epoch", "AllStageDropoutTrainer_1epoch",
                          "AllStageMAEFinetuneTrainer_1epoch", "AllStageDAFinetuneTrainer_1epoch",
-                         "AllStageDAHyperTrainer_1epoch"]
+                         "AllStageDAHyperTrainer_1epoch", "AllStageHyperTrainer_Binary_1epoch",
+                         "AllStageDAFinetuneTrainer_Binary_1epoch", "AllStageDAHyperTrainer_Binary_1epoch"]
 STAGE4_TRAINERS = ["AllStageTrainer_1epoch", "AllStageTrainer_NoKD_1epoch", "AllStageTrainer_NoDataRefinement_1epoch",
                    "AllStageTrainer_NoHyperTeacher_1epoch", "AllStageTrainer_Binary_1epoch",
                    "AllStageTrainer_ModelDistNoMAE_Binary_1epoch", "AllStageTrainer_NoDataRefinement_Binary_1epoch",
                    "AllStageTrainer_NoHyperTeacher_Binary_1epoch"]
 
 
+# what each trainer writes to its log when it starts from its predecessors (the paper's rows, Tables 4-5, Fig. 5)
+STARTS_FROM = {
+    "AllStageHyperTrainer_1epoch": "initialised from stage 1", "AllStageMAEFinetuneTrainer_1epoch": "initialised from stage 1",
+    "AllStageDAFinetuneTrainer_1epoch": "initialised from stage 3", "AllStageDAHyperTrainer_1epoch": "initialised from stage 3",
+    "AllStageHyperTrainer_Binary_1epoch": "binary codes", "AllStageDAFinetuneTrainer_Binary_1epoch": "initialised from stage 3",
+    "AllStageDAHyperTrainer_Binary_1epoch": "initialised from stage 3",
+    "AllStageMAEDATrainer_1epoch": "hyper-network, full-modality code",
+    "AllStageMAEDATrainer_Binary_1epoch": "hyper-network, full-modality code",
+    "AllStageTrainer_1epoch": "recovering module initialised from stage 3",
+    "AllStageTrainer_NoKD_1epoch": "recovering module initialised from stage 3",
+    "AllStageTrainer_NoDataRefinement_1epoch": "recovering module initialised from stage 3",
+    "AllStageTrainer_NoHyperTeacher_1epoch": "frozen teacher (plain U-Net)",
+    "AllStageTrainer_Binary_1epoch": "recovering module initialised from stage 3",
+    "AllStageTrainer_ModelDistNoMAE_Binary_1epoch": "hyper-network, full-modality code",
+    "AllStageTrainer_NoDataRefinement_Binary_1epoch": "recovering module initialised from stage 3",
+    "AllStageTrainer_NoHyperTeacher_Binary_1epoch": "frozen teacher (plain U-Net)",
+}
+
+
+def assert_started_from_predecessors(t, name: str) -> None:
+    if name in STARTS_FROM:
+        assert STARTS_FROM[name] in open(t.log_file).read(), name
+
+
+def assert_checkpoint_structure(t, name: str, path: str) -> None:
+    """network_weights is the deployable network alone: a hyper head exactly for the hyper-network trainers, and
+    g beside it exactly where co-distillation has one."""
+    from nnunet_allstage.checkpoints import safe_load
+    saved = safe_load(path)
+    assert set(saved["network_weights"]) == set(t.network.state_dict())
+    hyper = any(".hyper" in k or "code_table" in k for k in saved["network_weights"])
+    assert hyper == ("Hyper" in name or name.startswith("AllStageTrainer")), name
+    has_g = "recovery_weights" in saved["allstage"]
+    assert has_g == ("ModelDistNoMAE" not in name and name.startswith("AllStageTrainer")), name
+    assert saved["trainer_name"] == name
+
+
 @pytest.mark.parametrize("name", SEGMENTATION_TRAINERS)
-def test_segmentation_trainers_student_sees_mdrop_with_matching_code(dataset, name):
+def test_segmentation_trainers_student_sees_mdrop_with_matching_code(dataset, name, tmp_path):
     t = build(name)
     t.load_predecessors()
+    assert_started_from_predecessors(t, name)
     student = Recorder(t.network)
     hyper = name.startswith(("AllStageHyper", "AllStageDAHyper"))
     dropped = False
@@ -146,12 +174,16 @@ def test_segmentation_trainers_student_sees_mdrop_with_matching_code(dataset, na
     if hyper:
         assert torch.equal(code, available)  # no MDrop in validation
     assert_code_matches_zero_pattern(x, available, available)
+    t.save_checkpoint(str(tmp_path / "checkpoint.pth"))
+    assert_checkpoint_structure(t, name, str(tmp_path / "checkpoint.pth"))
 
 
-@pytest.mark.parametrize("name", ["AllStageMAETrainer_1epoch", "AllStageMAEDATrainer_1epoch"])
+@pytest.mark.parametrize("name", ["AllStageMAETrainer_1epoch", "AllStageMAEDATrainer_1epoch",
+                                  "AllStageMAEDATrainer_Binary_1epoch"])
 def test_mae_sees_zeroed_input_and_eq1_averages_over_available_modalities(dataset, name, monkeypatch):
     t = build(name)
     t.load_predecessors()
+    assert_started_from_predecessors(t, name)
     mae = Recorder(t.network)
     teacher = Recorder(t.teacher) if hasattr(t, "teacher") else None
     teacher_before = params(t.teacher) if teacher else None
@@ -181,6 +213,7 @@ def test_stage4_contract(dataset, name, monkeypatch):
     import nnunet_allstage.training.codistillation as codistillation
     t = build(name)
     t.load_predecessors()
+    assert_started_from_predecessors(t, name)
     student, teacher = Recorder(t.network), Recorder(t.teacher)
     recovery = Recorder(t.recovery) if t.use_recovery else None
     mad_calls = []
@@ -230,8 +263,8 @@ def test_stage4_contract(dataset, name, monkeypatch):
     t.save_checkpoint(path)
     from nnunet_allstage.checkpoints import safe_load
     saved = safe_load(path)["network_weights"]
-    assert set(saved) == set(t.network.state_dict())
     assert all(torch.equal(v, t.network.state_dict()[k]) for k, v in saved.items())
+    assert_checkpoint_structure(t, name, path)
     # validation: the student sees the case's own availability
     batch, available = noisy_batch(t)
     t.validation_step(batch)
@@ -338,3 +371,73 @@ def test_stage4_under_ddp_with_gloo_on_the_cpu(dataset, tmp_path):
     assert ranks[0]["logged"]["train_task_loss"] == pytest.approx((ranks[0]["local_task"] + ranks[1]["local_task"]) / 2)
     assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint.pth"]
     assert all(r["mae_wrapped"] == "DistributedDataParallel" and np.isfinite(r["mae_losses"]).all() for r in ranks)
+
+
+# ---------------------------------------------------------------- training cases without labels
+@pytest.fixture(scope="module")
+def unlabelled(unlabelled_workspace):
+    """The dataset with cases that have no labels, untrained predecessors saved where each stage looks."""
+    mp = pytest.MonkeyPatch()
+    unlabelled_workspace.use(mp)
+    mp.setenv("nnUNet_n_proc_DA", "0")
+    for name in ("AllStageMAETrainer_1epoch", "AllStageHyperTrainer_1epoch", "AllStageMAEDATrainer_1epoch"):
+        t = build(name, UNLABELLED_DATASET_ID)
+        t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    from nnunet_allstage.modalities import read_availability
+    yield set(read_availability(unlabelled_workspace.raw)["unlabelled"])
+    mp.undo()
+
+
+@pytest.mark.parametrize("name, sees_unlabelled", [
+    ("AllStageMAETrainer_1epoch", True), ("AllStageMAEDATrainer_1epoch", True),
+    ("AllStageHyperTrainer_1epoch", False), ("AllStageTrainer_1epoch", False), ("AllStageDropoutTrainer_1epoch", False),
+    ("AllStageMAEFinetuneTrainer_1epoch", False),
+])
+def test_which_cases_each_trainer_samples(unlabelled, name, sees_unlabelled):
+    """The self-supervised stages sample every training case; the segmentation stages and the baseline never
+    sample one without labels (it is not among the cases their loader draws from), and their batches show it."""
+    assert len(unlabelled) == 3
+    t = build(name, UNLABELLED_DATASET_ID)
+    train, val = t.get_tr_and_val_datasets()
+    assert not set(val.identifiers) & unlabelled
+    assert (unlabelled <= set(train.identifiers)) if sees_unlabelled else not (set(train.identifiers) & unlabelled)
+    t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+    seen = set()
+    for _ in range(25):
+        seen |= {str(k) for k in next(t.dataloader_train)["keys"]}
+        if sees_unlabelled and seen & unlabelled:
+            break
+    assert bool(seen & unlabelled) == sees_unlabelled, seen
+
+
+def test_stage3_segmentation_term_counts_labelled_samples_only(unlabelled):
+    t = build("AllStageMAEDATrainer_1epoch", UNLABELLED_DATASET_ID)
+    t.load_predecessors()
+    mae = Recorder(t.network)
+    labelled = sorted(set(t._availability_record["cases"]) - unlabelled)
+    t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+    batch = next(t.dataloader_train)
+    # every sample without labels: no segmentation term, no error, the reconstruction term as ever
+    batch["keys"] = [sorted(unlabelled)[0]] * batch["data"].shape[0]
+    out = t.train_step(batch)
+    assert float(out["seg"]) == 0.0 and float(out["rec"]) > 0 and np.isfinite(float(out["loss"]))
+    # one labelled sample, one not: L_seg is the loss of the teacher on the labelled sample's reconstruction alone
+    batch = next(t.dataloader_train)
+    batch["keys"] = [labelled[0], sorted(unlabelled)[0]]
+    target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+    out = t.train_step(batch)
+    reconstruction = mae.outputs[-1]
+    with torch.no_grad():
+        expected = t.loss(t.teacher_forward(reconstruction[:1])[0], target[:1])
+    assert float(out["seg"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_fold_of_unlabelled_cases_only_is_refused_by_the_segmentation_trainers(unlabelled):
+    from nnunet_allstage.errors import AllStageError
+    t = build("AllStageHyperTrainer_1epoch", UNLABELLED_DATASET_ID)
+    t.unlabelled_cases = frozenset(t._availability_record["cases"])
+    with pytest.raises(AllStageError, match="every training case of fold 0 is unlabelled.*--labelled-fraction"):
+        t.do_split()
+    mae = build("AllStageMAETrainer_1epoch", UNLABELLED_DATASET_ID)
+    mae.unlabelled_cases = frozenset(mae._availability_record["cases"])
+    assert mae.do_split()[0]  # the MAE needs no label

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from nnunet_allstage.cli import data, model
+from nnunet_allstage.config import check_environment_options
 from nnunet_allstage.errors import AllStageError
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_environment_options()  # a misspelt NNUNET_ALLSTAGE_* variable never passes silently
         args.func(args)
     except AllStageError as e:
         print(f"nnunet-allstage: error: {e}", file=sys.stderr)

@@ -15,7 +15,10 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
                                         "199:29:57) or brats2020 (219:50:100). Default: seeded random ~70:10:20")
     p.add_argument("--fm-ratio", type=float, help="simulate missing modalities: this fraction of the training "
                                                   "subjects (validation subjects separately) keeps every modality (default: keep the data as it is)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and of a random split")
+    p.add_argument("--labelled-fraction", type=float, metavar="F",
+                   help="simulate scarce labels: keep the labels of round(F * N) training subjects (at least one), "
+                        "drop the others' (seeded, recorded); they stay training cases for stages 1 and 3")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulations and of a random split")
     p.add_argument("--skip-bad", action="store_true", help="skip (and list) cases that fail a check")
     p.add_argument("--force", action="store_true", help="replace an existing dataset with this id")
     p.add_argument("-np", type=int, default=None, help="processes (default: nnUNet_def_n_proc or the core count)")
@@ -26,7 +29,8 @@ def _conversion_kwargs(args) -> dict:
     from nnunet_allstage.conversion.splits import load_split
     return dict(dataset_id=args.dataset_id, split=load_split(args.split_file) if args.split_file else None,
                 split_seed=args.seed, fm_ratio=args.fm_ratio, seed=args.seed, skip_bad=args.skip_bad,
-                force=args.force, num_processes=args.np or default_num_processes())
+                force=args.force, num_processes=args.np or default_num_processes(),
+                labelled_fraction=args.labelled_fraction)
 
 
 def cmd_env(args) -> None:
@@ -36,7 +40,8 @@ def cmd_env(args) -> None:
 
 def cmd_convert_brats(args) -> None:
     from nnunet_allstage.conversion import convert_brats
-    convert_brats(args.src, year=args.year, name=args.name, **_conversion_kwargs(args))
+    convert_brats(args.src, year=args.year, name=args.name, unlabelled_src=args.unlabelled_src,
+                  keep_labels=args.keep_labels, **_conversion_kwargs(args))
 
 
 def _parse_assignments(items: list[str] | None, what: str) -> dict[str, str]:
@@ -68,7 +73,8 @@ def cmd_convert_folder(args) -> None:
             raise AllStageError("--labels values must be integers, e.g. --labels background=0 lesion=1") from None
     if not args.name and not config.get("name"):
         raise AllStageError("convert-folder needs --name (or 'name' in --config)")
-    convert_folder(args.src, config, name=args.name or config["name"], **_conversion_kwargs(args))
+    convert_folder(args.src, config, name=args.name or config["name"], allow_unlabelled=args.allow_unlabelled,
+                   **_conversion_kwargs(args))
 
 
 def cmd_plan(args) -> None:
@@ -93,6 +99,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("convert-brats", help="convert a BraTS training folder (2018-2021, 2023+) to nnU-Net")
     p.add_argument("--src", required=True, help="the unpacked BraTS training folder")
     p.add_argument("--year", help="BraTS year (default: detected from the file names)")
+    p.add_argument("--unlabelled-src", metavar="DIR",
+                   help="a BraTS folder of any year whose cases have no labels (e.g. a validation set): added as "
+                        "training cases without labels, which stages 1 and 3 learn from and the segmentation "
+                        "trainers never sample")
+    p.add_argument("--keep-labels", action="store_true",
+                   help="cases of --unlabelled-src that do have a label file keep it (instead of an error)")
     _add_conversion_options(p)
     p.set_defaults(func=cmd_convert_brats)
 
@@ -107,6 +119,9 @@ def add_commands(sub) -> None:
                    help="label names and values (default background=0 foreground=1)")
     p.add_argument("--config", help="JSON with 'modalities' {name: glob}, 'label', 'labels', optional "
                                     "'regions_class_order', 'label_map', 'name'")
+    p.add_argument("--allow-unlabelled", action="store_true",
+                   help="a case without a label file becomes a training case without labels (stages 1 and 3 "
+                        "learn from it) instead of an error")
     _add_conversion_options(p)
     p.set_defaults(func=cmd_convert_folder)
 

@@ -19,10 +19,21 @@ def _fold(value: str):
 
 
 def cmd_train(args) -> None:
-    from nnunet_allstage.pipeline import run_pipeline, stages_for
+    from nnunet_allstage.pipeline import budget_epochs, parse_weights, run_pipeline, stages_for
+    epochs = None
+    if args.stage_epochs and args.chain_budget:
+        raise AllStageError("--stage-epochs and --chain-budget both set the epochs of each stage: give one")
+    if args.stage_epochs:
+        epochs = [int(e) for e in parse_weights(args.stage_epochs, "--stage-epochs")]
+    elif args.chain_budget:
+        stages = stages_for(args.dataset_id, args.fold, args.c, args.p, args.schedule, args.baseline, args.binary)
+        split = parse_weights(args.split, "--split") if args.split else [1.0] * len(stages)
+        epochs = budget_epochs(stages, args.chain_budget, split)
+    elif args.split:
+        raise AllStageError("--split divides a --chain-budget: give that too")
     run_pipeline(args.dataset_id, args.fold, configuration=args.c, plans=args.p, schedule=args.schedule,
                  baseline=args.baseline, binary=args.binary, device=args.device, num_gpus=args.num_gpus,
-                 extra_args=args.nnunet_args)
+                 extra_args=args.nnunet_args, stage_epochs=epochs)
     if args.fold == "all" or args.no_validate:
         return
     final = stages_for(args.dataset_id, args.fold, args.c, args.p, args.schedule, args.baseline, args.binary)[-1]
@@ -39,7 +50,7 @@ def cmd_validate(args) -> None:
 
 def _load_models(args, trainers: list[str]):
     from nnunet_allstage.environment import model_folder
-    from nnunet_allstage.evaluation import load_model
+    from nnunet_allstage.inference import load_model
     from nnunet_allstage.environment import dataset_name_from_id
     name = dataset_name_from_id(args.dataset_id)
     device = _device(args.device)
@@ -129,6 +140,11 @@ def add_commands(sub) -> None:
                    help="short variants for quick runs")
     p.add_argument("--baseline", action="store_true", help="train the nnU-Net + modality dropout baseline instead")
     p.add_argument("--binary", action="store_true", help="binary-code encoder instead of CLIP (needs no CLIP)")
+    p.add_argument("--chain-budget", type=float, metavar="EPOCHS",
+                   help="the whole chain's cost in epochs of stock nnU-Net (1000 is one stock training), divided "
+                        "over the stages by --split (default: the same epochs in each stage)")
+    p.add_argument("--split", metavar="A:B:C:D", help="relative epochs of stages 1-4 within --chain-budget")
+    p.add_argument("--stage-epochs", metavar="E1:E2:E3:E4", help="the epochs of each stage, given directly")
     p.add_argument("--no-validate", action="store_true",
                    help="skip measuring the final model's expected accuracy per combination on the fold's "
                         "validation cases (what `validate` does)")

@@ -1,6 +1,6 @@
 """Conversion of multi-sequence datasets (BraTS of any year, or a user's own folders) to nnU-Net format.
 
-The result follows DESIGN.md: ``nnUNet_raw/DatasetXXX_Name/{imagesTr,labelsTr,imagesTs,labelsTs}``, one file
+The result (documentation/dataset_conversion.md): ``nnUNet_raw/DatasetXXX_Name/{imagesTr,labelsTr,imagesTs,labelsTs}``, one file
 per modality in dataset order, a missing modality written as an all-zero image on the case's grid, and
 ``modality_availability.json`` beside dataset.json.
 

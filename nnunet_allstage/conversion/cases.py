@@ -26,6 +26,8 @@ class CaseJob:
     available: tuple[int, ...] = ()  # filled in after the check pass (and the FM simulation)
     out_images: Path | None = None
     out_labels: Path | None = None
+    # an unlabelled training case: its label file is written all ignore (nnU-Net's ignore label), whatever the source
+    ignore_label: int | None = None
 
 
 @dataclass
@@ -104,7 +106,11 @@ def write_case(job: CaseJob) -> str:
             zero = sitk.Image(reference.GetSize(), reference.GetPixelID())
             zero.CopyInformation(reference)
             sitk.WriteImage(zero, str(out), useCompression=True)
-    if case.label_file is not None and job.out_labels is not None:
+    if job.ignore_label is not None:
+        seg = sitk.Image(reference.GetSize(), sitk.sitkUInt8) + job.ignore_label
+        seg.CopyInformation(reference)
+        sitk.WriteImage(seg, str(job.out_labels / f"{case.case_id}{FILE_ENDING}"), useCompression=True)
+    elif case.label_file is not None and job.out_labels is not None:
         seg = sitk.ReadImage(str(case.label_file))
         arr = sitk.GetArrayFromImage(seg)
         if job.label_map is not None:

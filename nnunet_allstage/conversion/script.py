@@ -21,7 +21,7 @@ reports 1 %, 10 % and 50 %. What was drawn is recorded in modality_availability.
 Labels: the source's values are mapped to nnU-Net's BraTS region convention (edema 1, necrosis 2, enhancing 3; its
 Dataset137) by the script's LABEL_MAP; --to-portal maps predictions back for the challenge portal
 (`nnunet-allstage predict --brats-labels YEAR` writes such values directly).
-Next: nnunet-allstage plan -d ID, then nnunet-allstage train -d ID -f 0 (see README)."""
+Next: nnunet-allstage plan -d ID, then nnunet-allstage train -d ID -f 0 (see documentation/training.md)."""
 
 
 def dataset_script(doc: str, convert: Callable[..., Path], *, dataset_id: int, fm_ratio: float | None,

@@ -1,27 +1,22 @@
-"""The plugin's trainers, one module per stage family (``mae``: stage 1; ``segmentation``: stage 2, the
-baseline and the Table-4/Fig.-5 fine-tuning rows; ``codistillation``: stages 3 and 4 and their ablations).
-
-Each class is written out in its family's module, its short-schedule variants too (``_1epoch``, ``_5epochs``,
-``_50epochs``, as nnU-Net names its own), so ``git grep`` finds every name ``-tr`` accepts. A variant sets
-``schedule_epochs``; a stage starts from its predecessor's variant of the same schedule.
+"""The plugin's trainers, one module per stage family: ``mae`` (stage 1), ``segmentation`` (stage 2, the
+nnU-Net + MDrop baseline, the Table-4/Fig.-5 fine-tuning rows), ``distribution_approximation`` (stage 3),
+``codistillation`` (stage 4 and its ablations); ``schedules`` holds every class's short-schedule variants
+(``_1epoch``, ``_5epochs``, as nnU-Net names its own), one line each, so ``git grep`` finds every name ``-tr``
+accepts. A variant sets ``schedule_epochs``; a stage starts from its predecessor's variant of the same schedule.
 """
 from __future__ import annotations
 
-SCHEDULES = {"1epoch": 1, "5epochs": 5, "50epochs": 50}  # --schedule name: epochs
+from nnunet_allstage.config import SCHEDULES, schedule_suffix
 
-
-def schedule_suffix(epochs: int | None) -> str:
-    """The class-name suffix of the variant with this many epochs ('' for the full schedule)."""
-    if epochs is None:
-        return ""
-    return "_" + next(name for name, n in SCHEDULES.items() if n == epochs)
+__all__ = ["SCHEDULES", "schedule_suffix", "trainer_class", "trainer_classes", "training_chain"]
 
 
 def trainer_classes() -> dict[str, type]:
     """Every plugin trainer by name (imports nnU-Net's training stack, hence not at module level)."""
-    from nnunet_allstage.training import codistillation, mae, segmentation
+    from nnunet_allstage.training import codistillation, distribution_approximation, mae, schedules, segmentation
     from nnunet_allstage.training.base import AllStageTrainerBase
-    return {name: obj for module in (mae, segmentation, codistillation) for name, obj in vars(module).items()
+    modules = (mae, segmentation, distribution_approximation, codistillation, schedules)
+    return {name: obj for module in modules for name, obj in vars(module).items()
             if isinstance(obj, type) and issubclass(obj, AllStageTrainerBase) and obj.__module__ == module.__name__
             and name.startswith("AllStage")}
 

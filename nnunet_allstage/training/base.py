@@ -17,17 +17,21 @@ from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_t
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_allstage.checkpoints import safe_load
-from nnunet_allstage.config import AllStageConfig, check_same_options, describe, load_config
+from nnunet_allstage.config import AllStageConfig, check_same_options, describe, load_config, schedule_suffix
 from nnunet_allstage.environment import keep_freed_memory_in_process, model_folder
 from nnunet_allstage.errors import AllStageError
+from nnunet_allstage.locks import TRAINER_LOCK, FoldLock
 from nnunet_allstage.masking import modality_dropout, zero_missing
 from nnunet_allstage.modalities import (AVAILABILITY_FILE, make_availability_record, modality_names_from_dataset_json,
                                         read_availability, write_availability)
 from nnunet_allstage.networks import network_code, unwrap
-from nnunet_allstage.planning import check_preprocessed_availability
+from nnunet_allstage.planning import check_deep_supervision_depth, check_preprocessed_availability
 from nnunet_allstage.private_api import epoch_log, nnunet_ddp_on_cpu, trainer_checkpoint_fields
-from nnunet_allstage.training import schedule_suffix, trainer_class
 from nnunet_allstage.training.optim import segmentation_optimizer
+
+class NonFiniteLossError(AllStageError):
+    """A loss term stopped being finite."""
+
 
 def seed_everything(seed: int) -> None:
     """Reproducible runs: the same seed gives the same weights (on the same machine, thread count and device;
@@ -55,11 +59,37 @@ class SegmentationOptimizerMixin:
         return optimizer, scheduler
 
 
+# the roles an earlier run plays for a later one, and the stage whose slot (and NNUNET_ALLSTAGE_STAGE<N>_CHECKPOINT)
+# it takes: the pre-trained MAE of stage 1, the frozen teacher (stage 2's model, or the Table-5 (d) plain U-Net in its
+# place), the MAE refined by distribution approximation (stage 3); stage 2's model is also the student's start with
+# student_init=stage2
+GRADIENT_CLIP_NORM = 12  # nnU-Net's
+PREDECESSOR_ROLES = {"pretrained MAE": 1, "teacher": 2, "stage-2 model": 2, "approximated MAE": 3}
+
+
+_TRAINERS: dict[str, type] = {}  # every plugin trainer class by name, as its module defines it
+
+
+def registered_trainer(name: str) -> type:
+    """A plugin trainer class by name (its module imported; a trainer's predecessors always are, as it imports
+    them to start from them)."""
+    if name not in _TRAINERS:
+        raise AllStageError(f"no nnunet-allstage trainer named {name}")
+    return _TRAINERS[name]
+
+
 class AllStageTrainerBase(nnUNetTrainer):
     """nnU-Net's trainer plus availability handling. Subclasses override one thing each."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _TRAINERS[cls.__name__] = cls
+
     stage_name = "base"
     schedule_epochs: int | None = None  # set by the short-schedule variants
+    # whether the trainer's batches may hold training cases without labels: only the self-supervised ones (stage 1,
+    # and stage 3, whose segmentation term counts the labelled samples alone); the others never sample them
+    samples_unlabelled = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -82,6 +112,7 @@ class AllStageTrainerBase(nnUNetTrainer):
         self.was_resumed = False
         self._availability = None
         self._availability_index: dict[str, int] = {}
+        self.unlabelled_cases: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ availability
     def initialize(self):
@@ -89,6 +120,9 @@ class AllStageTrainerBase(nnUNetTrainer):
             torch.set_num_threads(self.allstage_config.num_threads)
         if self.allstage_config.seed >= 0:
             seed_everything(self.allstage_config.seed + self.local_rank)
+        if self.enable_deep_supervision:
+            check_deep_supervision_depth(self.configuration_manager.configuration, self.configuration_name,
+                                         self.plans_manager.plans_name)
         with nnunet_ddp_on_cpu(self.device):
             super().initialize()
         if self.device.type == "cpu" and self.allstage_config.cpu_allocator == "keep" and \
@@ -117,6 +151,7 @@ class AllStageTrainerBase(nnUNetTrainer):
         keys = sorted(set(record["cases"]) | set(record.get("test_cases", {})))
         table = {**record.get("test_cases", {}), **record["cases"]}
         self._availability_record = record
+        self.unlabelled_cases = frozenset(record.get("unlabelled", []))
         self._availability_index = {k: i for i, k in enumerate(keys)}
         self._availability = torch.tensor([table[k] for k in keys], dtype=torch.float32, device=self.device)
 
@@ -138,6 +173,24 @@ class AllStageTrainerBase(nnUNetTrainer):
         self.print_to_log_file(f"availability of {len(self._availability_record['cases'])} cases checked against "
                                f"the preprocessed data ({time() - t:.1f} s)")
 
+    def do_split(self):
+        """nnU-Net's split, without the training cases that have no labels where this trainer must not sample
+        them (they carry nothing but nnU-Net's ignore label)."""
+        train, val = super().do_split()
+        if self.samples_unlabelled or not self.unlabelled_cases:
+            return train, val
+        labelled = [k for k in train if k not in self.unlabelled_cases]
+        if not labelled:
+            raise AllStageError(f"every training case of fold {self.fold} is unlabelled ({AVAILABILITY_FILE}): "
+                                f"{self.__class__.__name__} needs labelled cases; convert the dataset again with "
+                                f"labelled cases (convert-brats --src with labels, or a larger --labelled-fraction) "
+                                f"and run `nnunet-allstage plan`")
+        return labelled, [k for k in val if k not in self.unlabelled_cases]
+
+    def batch_labelled(self, keys) -> torch.Tensor:
+        """(B,) True where the batch's case has labels."""
+        return torch.tensor([str(k) not in self.unlabelled_cases for k in keys], device=self.device)
+
     def batch_availability(self, keys) -> torch.Tensor:
         try:
             rows = [self._availability_index[str(k)] for k in keys]
@@ -157,17 +210,42 @@ class AllStageTrainerBase(nnUNetTrainer):
         return code
 
     def drop_modalities(self, available: torch.Tensor) -> torch.Tensor:
-        """MDrop as the options say (METHOD.md): the code a training sample is shown with."""
+        """MDrop as the options say (documentation/method.md): the code a training sample is shown with."""
         cfg = self.allstage_config
         if cfg.modality_dropout != "uniform":
             return available
         return modality_dropout(available, full_set_probability=cfg.full_set_p)
 
     # ------------------------------------------------------------------ steps
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.iteration_in_epoch = 0
+
+    def check_finite(self, **terms: torch.Tensor) -> None:
+        """Stop at once when a loss term is NaN or infinite (nnU-Net trains on through it): one line naming the
+        term, the epoch and the iteration. Called once per training step, before the step is applied where the
+        trainer computes the loss itself; nothing of a failed step reaches a checkpoint."""
+        self.iteration_in_epoch = getattr(self, "iteration_in_epoch", 0) + 1
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32).detach().reshape(()).cpu()
+                              for v in terms.values()])
+        finite = torch.isfinite(values)  # one device sync for all terms
+        if bool(finite.all()):
+            return
+        name, value = next((n, float(v)) for (n, v), ok in zip(zip(terms, values), finite) if not ok)
+        latest = Path(self.output_folder) / "checkpoint_latest.pth"
+        last = f"the last checkpoint on disk is {latest} (from before it)" if latest.is_file() else \
+            "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"{name} is {value} in epoch {self.current_epoch}, iteration {self.iteration_in_epoch} of "
+            f"{self.num_iterations_per_epoch}: training stopped; {last}. Lower the learning rate or check the "
+            f"data, then continue with --c")
+
     def train_step(self, batch: dict) -> dict:
         code = self.prepare_batch(batch, training=True)
         with network_code(self.network, code):
-            return super().train_step(batch)
+            out = super().train_step(batch)
+        self.check_finite(L_seg=torch.from_numpy(np.asarray(out["loss"])))
+        return out
 
     def validation_step(self, batch: dict) -> dict:
         code = self.prepare_batch(batch, training=False)
@@ -179,14 +257,14 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     def optimizer_step(self, loss: torch.Tensor, *modules: torch.nn.Module) -> list[float]:
         """nnU-Net's backward / clip / step, with its grad scaler. Each module's gradient is clipped on its own
-        (nnU-Net's norm 12): clipped together, a large gradient of one module (stage 4's recovering module) would
+        (nnU-Net's norm): clipped together, a large gradient of one module (stage 4's recovering module) would
         shrink the step of the other (the student). Returns each module's gradient norm before clipping."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        norms = [float(torch.nn.utils.clip_grad_norm_(m.parameters(), 12)) for m in modules]
+        norms = [float(torch.nn.utils.clip_grad_norm_(m.parameters(), GRADIENT_CLIP_NORM)) for m in modules]
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
@@ -204,12 +282,23 @@ class AllStageTrainerBase(nnUNetTrainer):
 
     # ------------------------------------------------------------------ start, predecessors, checkpoints
     def on_train_start(self):
+        self.fold_lock = FoldLock(self.output_folder, TRAINER_LOCK, "training")
+        if self.local_rank == 0:  # one lock per run, also under DDP
+            self.fold_lock.acquire(self.print_to_log_file)
         if not self.was_initialized:
             self.initialize()
         self.check_availability_against_data()
         if not self.was_resumed:
             self.load_predecessors()
         super().on_train_start()
+
+    def run_training(self):
+        try:
+            super().run_training()
+        finally:  # also when training stops on an error: the lock is this run's only while it runs
+            lock = getattr(self, "fold_lock", None)
+            if lock is not None:
+                lock.release()
 
     # options of allstage_config.json that change what a trainer class learns, declared by each class for what it
     # adds; options_that_matter() collects them along the class hierarchy (predecessors' options come on top)
@@ -230,16 +319,19 @@ class AllStageTrainerBase(nnUNetTrainer):
     def load_predecessors(self) -> None:
         """Initialise from earlier stages (none for stage 1 and the baselines)."""
 
-    def load_predecessor(self, stage: int, trainer_base_name: str) -> tuple[dict, Path]:
-        """The predecessor's network weights and checkpoint path, loaded safely, after checking that it was trained with the options that
-        matter to it as this run has them."""
+    def load_predecessor(self, role: str, trainer_base_name: str) -> tuple[dict, Path]:
+        """The weights and checkpoint path of the predecessor in ``role`` (a key of PREDECESSOR_ROLES), loaded safely,
+        after checking that it was trained with the options that matter to it as this run has them."""
+        stage = PREDECESSOR_ROLES[role]
         path = self.predecessor_checkpoint(stage, trainer_base_name)
         checkpoint = safe_load(path)
         recorded = checkpoint.get("allstage", {}).get("options")
-        if recorded is None:
+        if recorded is None and getattr(self.allstage_config, f"stage{stage}_checkpoint"):
+            # a checkpoint the user named, written by another tool: their choice, said in the log
             self.print_to_log_file(f"note: {path} records no nnunet-allstage options; not checked")
         else:
-            names = trainer_class(trainer_base_name).options_that_matter()
+            recorded = recorded or {}
+            names = registered_trainer(trainer_base_name).options_that_matter()
             check_same_options(recorded, self.allstage_config, names, f"stage {stage} ({path})",
                                f"retrain {trainer_base_name} with this run's options, or run this stage with the "
                                f"options it had")

@@ -7,20 +7,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
 from nnunet_allstage.losses import reconstruction_loss
 from nnunet_allstage.masking import mask_input, zero_missing
-from nnunet_allstage.networks import freeze_unused_heads
+from nnunet_allstage.metrics import psnr
+from nnunet_allstage.networks import build_mae_network
 from nnunet_allstage.training.base import AllStageTrainerBase
 from nnunet_allstage.training.optim import adam_cosine
 
 
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def reconstruction_psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B, M) PSNR in dB with each target channel's own peak magnitude as the signal range."""
     mse = (reconstruction.float() - target.float()).pow(2).flatten(2).mean(2)
-    peak = target.float().abs().flatten(2).amax(2)
-    return 10 * torch.log10(peak.pow(2).clamp(min=1e-8) / mse.clamp(min=1e-10))
+    return psnr(mse, target.float().abs().flatten(2).amax(2))
 
 
 class MAETrainerMixin:
@@ -40,7 +38,7 @@ class MAETrainerMixin:
         with self.autocast():
             data, available, _, _, reconstruction = self.mae_forward(batch)
             loss, mse = reconstruction_loss(reconstruction, data, available, per_modality=True)
-        db = psnr(reconstruction, data).masked_fill(available == 0, float("nan"))
+        db = reconstruction_psnr(reconstruction, data).masked_fill(available == 0, float("nan"))
         return {"loss": loss.detach().cpu().numpy(), "mse": mse.cpu().numpy(), "psnr": db.cpu().numpy()}
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
@@ -88,6 +86,7 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
     MDrop + patch masking, Eq. 1 over the modalities available in the data, Adam + cosine decay."""
 
     stage_name = "stage 1 (MAE)"
+    samples_unlabelled = True  # self-supervised: every training case, labelled or not
     own_options = ("mask_patch_size", "mask_ratio", "mae_lr", "mae_weight_decay")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -100,8 +99,7 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision: bool = True):
-        return freeze_unused_heads(nnUNetTrainer.build_network_architecture(
-            plans_manager, configuration_manager, num_input_channels, num_input_channels, enable_deep_supervision=False))
+        return build_mae_network(plans_manager, configuration_manager, num_input_channels)
 
     def configure_optimizers(self):
         return adam_cosine([{"params": list(self.network.parameters())}], self.initial_lr, self.weight_decay,
@@ -115,18 +113,6 @@ class AllStageMAETrainer(MAETrainerMixin, AllStageTrainerBase):
         with self.autocast():
             data, available, _, _, reconstruction = self.mae_forward(batch)
             loss = reconstruction_loss(reconstruction, data, available)
+        self.check_finite(L_rec=loss)
         self.optimizer_step(loss, self.network)
         return {"loss": loss.detach().cpu().numpy()}
-
-
-# Short schedules, named as nnU-Net names its own; a stage starts from its predecessor's variant of the same schedule.
-class AllStageMAETrainer_1epoch(AllStageMAETrainer):
-    schedule_epochs = 1
-
-
-class AllStageMAETrainer_5epochs(AllStageMAETrainer):
-    schedule_epochs = 5
-
-
-class AllStageMAETrainer_50epochs(AllStageMAETrainer):
-    schedule_epochs = 50

@@ -7,8 +7,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-PAPER_LR = 3e-4
-PAPER_WEIGHT_DECAY = 5e-4
+from nnunet_allstage.config import PAPER_LR, PAPER_WEIGHT_DECAY
 
 
 class EpochLRScheduler(LRScheduler):

@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench_output")
     args = parser.parse_args()
     import torch
-    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
+    from nnunet_allstage.evaluation import evaluate, find_test_cases
+    from nnunet_allstage.inference import load_model
     from nnunet_allstage.modalities import code_label, combinations
     from nnunet_allstage.environment import dataset_name_from_id, model_folder
     workdir = prepare_models(args, [args.tr])

@@ -60,10 +60,8 @@ def teacher_folder(stage4_folder: Path, checkpoint: dict) -> Path:
 def probe_models(stage4_folder: Path, fold, device: torch.device, checkpoint_name: str = "checkpoint_final.pth"):
     """[stage-2 model as deployed, teacher in full mode on zeros, teacher in full mode on g's fill-ins] of a trained
     stage-4 model folder, as `evaluation.Model`s (TTA off)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    from nnunet_allstage.evaluation import Model, load_model
-    from nnunet_allstage.synthesis import recovery_network
+    from nnunet_allstage.inference import Model, load_model, make_predictor
+    from nnunet_allstage.networks import build_mae_network
     from nnunet_allstage.training import trainer_class
 
     path = Path(stage4_folder) / f"fold_{fold}" / checkpoint_name
@@ -78,15 +76,14 @@ def probe_models(stage4_folder: Path, fold, device: torch.device, checkpoint_nam
     deployed = load_model(teacher_folder(Path(stage4_folder), checkpoint), fold, checkpoint_name, device, False,
                           "stage 2 as deployed (own code, missing channels zero)")
     p = deployed.predictor
-    recovery = recovery_network(p.plans_manager, p.configuration_manager, p.network.num_modalities, recovery_weights)
+    recovery = build_mae_network(p.plans_manager, p.configuration_manager, p.network.num_modalities)
+    recovery.load_state_dict(recovery_weights)
     models = [deployed]
     for name, g in (("teacher in full mode on zeros", None), ("teacher in full mode on g's fill-ins (KD target)",
                                                               recovery)):
         network = TeacherInFullMode(p.network, g).eval()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=device, allow_tqdm=False)
-        # nnU-Net's predictor loads these parameters into its network before every prediction
-        predictor.manual_initialization(network, p.plans_manager, p.configuration_manager, [network.state_dict()],
-                                        p.dataset_json, checkpoint["trainer_name"], None)
+        predictor = make_predictor(network, p.plans_manager, p.configuration_manager, network.state_dict(),
+                                   p.dataset_json, checkpoint["trainer_name"], None, device, tta=False)
         models.append(Model(name, deployed.folder, predictor, deployed.provenance, path))
     return models
 

@@ -5,9 +5,9 @@ For a trained stage-4 model folder (AllStageTrainer__PLANS__CONFIG), evaluates o
 over the 15 input combinations: the stage-2 model as deployed (the case's code, missing channels zero), the same
 frozen model in full-modality mode on zeros, in full-modality mode on g's fill-ins (stage 4's KD target and
 L_data's input), and the stage-4 student. Prints the paper-shaped table and, on the 14 incomplete combinations,
-each model's paired per-case difference to the stage-2 model (see nnunet_allstage/teacher_probe.py).
+each model's paired per-case difference to the stage-2 model (see teacher_probe.py beside this script).
 
-    python scripts/probe_teacher.py --stage4 RESULTS/Dataset902_X/AllStageTrainer__nnUNetPlans_4mm__3d_fullres \\
+    python scripts/studies/probe_teacher.py --stage4 RESULTS/Dataset902_X/AllStageTrainer__nnUNetPlans_4mm__3d_fullres \\
         -f all --test RAW/Dataset903_Y -o probe_out
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -39,9 +40,10 @@ def main() -> None:
 
     from nnunet_allstage.environment import trainer_shim_dir
     from nnunet_allstage.errors import AllStageError
-    from nnunet_allstage.evaluation import evaluate, find_test_cases, load_model
+    from nnunet_allstage.evaluation import evaluate, find_test_cases
+    from nnunet_allstage.inference import load_model
     from nnunet_allstage.modalities import combinations
-    from nnunet_allstage.teacher_probe import format_probe_summary, probe_models, probe_summary
+    from teacher_probe import format_probe_summary, probe_models, probe_summary
 
     os.environ["nnUNet_extTrainer"] = str(trainer_shim_dir())
     test = Path(args.test)
