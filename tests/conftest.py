@@ -116,13 +116,15 @@ def _workspace(tmp_path_factory, name: str, dataset_id: int) -> Workspace:
 def workspace(tmp_path_factory, synthetic_src):
     """The synthetic cases converted at FM ratio 0.25 and planned with nnU-Net's default plans. The session's
     environment points at its nnU-Net folders while it lives (tests that need others set their own)."""
+    from nnunet_allstage.cli import main
     from nnunet_allstage.conversion import convert_brats
-    from nnunet_allstage.planning import plan_dataset
     ws, mp = _workspace(tmp_path_factory, "workspace", DATASET_ID), pytest.MonkeyPatch()
     for k, v in ws.env.items():
         mp.setenv(k, v)
     convert_brats(synthetic_src, dataset_id=DATASET_ID, fm_ratio=0.25, seed=0, num_processes=2)
-    plan_dataset(DATASET_ID, num_processes=2)
+    mp.setenv("nnUNet_n_proc_DA", "0")  # would crash nnU-Net's planner; `plan` copes (test_planning checks)
+    assert main(["plan", "-d", str(DATASET_ID), "-np", "2"]) == 0
+    mp.delenv("nnUNet_n_proc_DA")
     yield ws
     mp.undo()
 

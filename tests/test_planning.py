@@ -11,11 +11,10 @@ from nnunet_allstage.modalities import read_availability
 from nnunet_allstage.planning import check_preprocessed_availability
 
 
-def test_plan_synthetic_writes_splits_and_checks_availability(nnunet_env, synthetic_src, monkeypatch):
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # would crash nnU-Net's planner; plan must cope
-    convert_brats(synthetic_src, dataset_id=920, fm_ratio=0.25, seed=1, num_processes=1)
-    assert main(["plan", "-d", "920", "-np", "2"]) == 0
-    pre = nnunet_env / "nnUNet_preprocessed" / "Dataset920_BraTS2020_FM25"
+def test_plan_synthetic_writes_splits_and_checks_availability(workspace):
+    """The session's dataset, planned through `nnunet-allstage plan` with nnUNet_n_proc_DA=0 (which would crash
+    nnU-Net's planner; plan copes)."""
+    pre = workspace.preprocessed
     rec = read_availability(pre)
     splits = json.loads((pre / "splits_final.json").read_text())
     assert splits == [{"train": sorted(rec["split"]["train"]), "val": sorted(rec["split"]["val"])}]
@@ -45,11 +44,11 @@ def test_plan_coarse_spacing_three_modalities(nnunet_env, synthetic_src):
     assert main(["convert-folder", "--src", str(root), "-d", "921", "--name", "Three", "--modality", "T2=t2.nii.gz",
                  "--modality", "FLAIR=flair.nii.gz", "--modality", "T1=t1.nii.gz", "--label", "seg.nii.gz",
                  "--fm-ratio", "0.34", "-np", "1"]) == 0
-    assert main(["plan", "-d", "921", "--target-spacing", "2", "2", "2", "-np", "2"]) == 0
+    assert main(["plan", "-d", "921", "--target-spacing", "1.5", "1.5", "1.5", "-np", "2"]) == 0
     pre = nnunet_env / "nnUNet_preprocessed" / "Dataset921_Three"
-    plans = json.loads((pre / "nnUNetPlans_2mm.json").read_text())
-    assert plans["configurations"]["3d_fullres"]["spacing"] == [2.0, 2.0, 2.0]
-    assert (pre / "nnUNetPlans_2mm_3d_fullres").is_dir()
+    plans = json.loads((pre / "nnUNetPlans_1.5mm.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [1.5, 1.5, 1.5]
+    assert (pre / "nnUNetPlans_1.5mm_3d_fullres").is_dir()
 
 
 def test_plan_errors(nnunet_env, capsys):
@@ -59,28 +58,37 @@ def test_plan_errors(nnunet_env, capsys):
 
 @pytest.mark.slow
 def test_plan_real_sample_coarse(nnunet_env, brats_sample):
-    convert_brats(brats_sample, dataset_id=901, fm_ratio=0.25, seed=0, num_processes=2)
+    """Three real cases (full-size BraTS volumes) planned at 3 mm."""
+    src = nnunet_env / "sample"
+    src.mkdir()
+    for case in sorted(brats_sample.glob("HGG/*"))[:2] + sorted(brats_sample.glob("LGG/*"))[:1]:
+        (src / case.parent.name).mkdir(exist_ok=True)
+        (src / case.parent.name / case.name).symlink_to(case, target_is_directory=True)
+    convert_brats(src, dataset_id=901, fm_ratio=0.25, seed=0, num_processes=2)
     assert main(["plan", "-d", "901", "--target-spacing", "3", "3", "3", "-np", "2"]) == 0
     pre = next((nnunet_env / "nnUNet_preprocessed").glob("Dataset901_*"))
     plans = json.loads((pre / "nnUNetPlans_3mm.json").read_text())
     assert plans["configurations"]["3d_fullres"]["spacing"] == [3.0, 3.0, 3.0]
+    assert len(list((pre / "nnUNetPlans_3mm_3d_fullres").glob("*.pkl"))) == len(read_availability(pre)["cases"])
 
 
-def test_trainer_finds_or_derives_availability(nnunet_env, synthetic_src):
+def test_trainer_finds_or_derives_availability(workspace, nnunet_env):
     """Planned with stock nnU-Net (no JSON in nnUNet_preprocessed): the trainer copies the converter's record;
-    with no record at all it derives one from the zero channels of the preprocessed arrays."""
+    with no record at all it derives one from the zero channels of the preprocessed arrays. On a copy of the
+    session's planned dataset."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
-    convert_brats(synthetic_src, dataset_id=922, fm_ratio=0.25, seed=2, num_processes=1)
-    assert main(["plan", "-d", "922", "-np", "2"]) == 0
-    pre = next((nnunet_env / "nnUNet_preprocessed").glob("Dataset922_*"))
-    raw = next((nnunet_env / "nnUNet_raw").glob("Dataset922_*"))
+    raw = nnunet_env / "nnUNet_raw" / workspace.raw.name
+    pre = nnunet_env / "nnUNet_preprocessed" / workspace.preprocessed.name
+    shutil.copytree(workspace.raw, raw)
+    shutil.copytree(workspace.preprocessed, pre)
     expected = read_availability(raw)["cases"]
     for remove_raw in (False, True):
         (pre / "modality_availability.json").unlink()
         if remove_raw:
             (raw / "modality_availability.json").unlink()
-        trainer = get_trainer_from_args("922", "3d_fullres", 0, "AllStageDropoutTrainer", device=torch.device("cpu"))
+        trainer = get_trainer_from_args(str(workspace.dataset_id), "3d_fullres", 0, "AllStageDropoutTrainer",
+                                        device=torch.device("cpu"))
         trainer.initialize()
         got = read_availability(pre)["cases"]
         assert got == expected

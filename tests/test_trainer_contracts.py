@@ -292,9 +292,14 @@ def test_same_seed_same_weights(dataset, name, monkeypatch):
 
 
 def test_compiled_stage4_train_step(dataset, monkeypatch):
-    """Compiled as nnU-Net compiles on a GPU (its own rule keeps the CPU eager, so it is forced here)."""
+    """Compiled as nnU-Net compiles on a GPU (its own rule keeps the CPU eager, so it is forced here). The graphs
+    are captured and differentiated as under inductor, but run by torch's reference backend (aot_eager): inductor's
+    code generation is torch's to test, and on the CPU it costs minutes (test_method_units compares an inductor-
+    compiled network with the eager one)."""
+    import functools
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     monkeypatch.setattr(nnUNetTrainer, "_do_i_compile", lambda self: True)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     t = build("AllStageTrainer_1epoch")
     # the student is a compiled module, and so are the teacher and g, which run beside it every step
     assert all(hasattr(m, "_orig_mod") for m in (t.network, t.teacher, t.recovery))
