@@ -75,6 +75,9 @@ class AllStageConfig:
     seed: int = -1  # >= 0: seeds Python, numpy and torch, deterministic torch algorithms (with nnUNet_n_proc_DA=0)
     num_threads: int = 0  # > 0: torch's CPU threads (nnU-Net takes every core); the same count gives the same sums
     preview_cases: int = 2
+    # 0: skip nnU-Net's validation of the fold at the end of a segmentation stage (it predicts every validation
+    # case with mirroring; with fold 'all', every training case); quick runs and studies that evaluate elsewhere
+    final_validation: int = 1
     # CPU training: 'keep' = freed memory stays in the process (no fresh pages for each step's activations; faster,
     # a little more peak memory); 'glibc' = glibc's defaults (Linux; elsewhere nothing changes)
     cpu_allocator: str = "keep"

@@ -30,9 +30,12 @@ def predict_case_missing_two(ws, tmp: Path, configuration: str, plans: str) -> t
     return ws.raw / "labelsTs" / f"{case}.nii.gz", out / f"{case}.nii.gz"
 
 
-def train_and_predict(ws, tmp: Path, configuration: str, plans: str) -> dict:
+def train_and_predict(ws, tmp: Path, configuration: str, plans: str, validate_fold: bool = False) -> dict:
+    """All four stages, one iteration each (with nnU-Net's validation of the fold at the end of each segmentation
+    stage where ``validate_fold``), then `predict`."""
     ws.cli("train", "-d", str(ws.dataset_id), "-f", "0", "-c", configuration, "-p", plans, "--schedule", "1epoch",
-           "-device", "cpu", "--no-validate", env_extra=ONE_ITERATION)
+           "-device", "cpu", "--no-validate",
+           env_extra={**ONE_ITERATION, "NNUNET_ALLSTAGE_FINAL_VALIDATION": str(int(validate_fold))})
     for trainer in STAGES:
         assert (ws.output_folder(trainer, plans, configuration) / "checkpoint_final.pth").is_file()
     stage4 = torch.load(ws.output_folder(STAGES[-1], plans, configuration) / "checkpoint_final.pth",
@@ -72,7 +75,7 @@ def test_residual_encoder_plans_end_to_end_with_unlabelled_cases(unlabelled_work
         "stages")
     ws.cli("plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "1.5", "1.5", "1.5")
     plans = "nnUNetResEncUNetMPlans_1.5mm"
-    stage4 = train_and_predict(ws, tmp_path, "3d_fullres", plans)
+    stage4 = train_and_predict(ws, tmp_path, "3d_fullres", plans, validate_fold=True)
     # the residual encoder's blocks are in the student's weights (ResidualEncoderUNet, not PlainConvUNet)
     assert any(".blocks." in k and k.startswith("encoder.stages") for k in stage4["network_weights"])
     assert any(".blocks." in k for k in stage4["allstage"].get("recovery_weights", {}))

@@ -111,6 +111,9 @@ def test_missing_stage1_is_a_clear_error(workspace, tmp_path):
 
 
 def test_dropout_baseline(trained):
+    folder = trained.output_folder("AllStageDropoutTrainer_1epoch")
+    assert "final validation skipped" in next(folder.glob("training_log_*.txt")).read_text()
+    assert not (folder / "validation").exists()
     reference, prediction = predict_without_clip(trained, "AllStageDropoutTrainer_1epoch")
     assert_valid_segmentation(reference, prediction)
 

@@ -292,6 +292,12 @@ class AllStageTrainerBase(nnUNetTrainer):
             self.load_predecessors()
         super().on_train_start()
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if not self.allstage_config.final_validation:
+            self.print_to_log_file("final validation skipped (option final_validation is 0)")
+            return
+        super().perform_actual_validation(save_probabilities)
+
     def run_training(self):
         try:
             super().run_training()

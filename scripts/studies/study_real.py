@@ -656,6 +656,7 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     apply_default_env(workdir)
     os.environ.setdefault("nnUNet_compile", "f")
+    os.environ.setdefault("NNUNET_ALLSTAGE_FINAL_VALIDATION", "0")  # fold 'all': it would predict every training case
     if not os.environ.get("NNUNET_ALLSTAGE_CLIP_WEIGHTS"):
         os.environ["NNUNET_ALLSTAGE_CLIP_PRETRAINED"] = "random-test-only"
     src = Path(args.src)
