@@ -119,3 +119,14 @@ def test_paired_differences_by_hand():
     assert "| 53.0 ± 1.9 |" in row_b and "| +3.0 ± 2.3 |" in row_b and "| 2/3 |" in row_b and "| 1 / 3 |" in row_b
     header, rule = table.splitlines()[:2]
     assert header.count("|") == rule.count("|")
+
+
+def test_each_budget_table_shows_mdrop_at_every_whole_multiple_up_to_eight():
+    args = study_real.parse_args(["--budgets", "128,512", "--baseline-iterations", "128,768,1536"])
+    entries = study_real.entries_of(study_real.select_rows("method", None), args, RATIO)
+    per_case = {"c1": 0.5, "c2": 0.4}
+    results = [seed_result(0, {e.name: per_case for e in entries})]
+    tables = study_real.study_tables(entries, results, ["WT"], "stage4").split("**512 it/trainer**")
+    # 768 = 6 x 128 is shown beside 128; 1536 = 12 x 128 is not, but is 3 x 512; 128 is below 512
+    assert "MDrop, 1x (128 it)" in tables[0] and "MDrop, 6x (768 it)" in tables[0] and "1536" not in tables[0]
+    assert "MDrop, 3x (1536 it)" in tables[1] and "(128 it)" not in tables[1] and "(768 it)" not in tables[1]

@@ -205,6 +205,7 @@ def test_mae_sees_zeroed_input_and_eq1_averages_over_available_modalities(datase
         assert torch.equal(t_code, torch.ones_like(available))  # full-modality mode
         assert torch.equal(t_in, reconstruction)  # phi(MASK(x)): the whole reconstruction
         assert not changed(teacher_before, t.teacher)  # stage 3 updates the MAE only
+        assert all(p.grad is None and not p.requires_grad for p in t.teacher.parameters())
     assert changed(mae_before, t.network)
 
 
@@ -256,6 +257,7 @@ def test_stage4_contract(dataset, name, monkeypatch):
     # what is updated: the student always, g when it is refined, the teacher never
     assert changed(before["student"], t.network)
     assert not changed(before["teacher"], t.teacher)
+    assert all(p.grad is None and not p.requires_grad for p in t.teacher.parameters())  # no gradient is even computed
     if t.use_recovery:
         assert changed(before["recovery"], t.recovery) == t.train_recovery
     # the checkpoint's network_weights is the student alone

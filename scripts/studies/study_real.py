@@ -416,32 +416,37 @@ def run_seed(seed: int, rows: list[Row], train_cases, test_root: Path, workdir: 
                 "NNUNET_ALLSTAGE_VAL_ITERATIONS_PER_EPOCH": "2",
                 "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1")}
     jobs = Jobs(workdir / "runs", dataset, plans, args, base_env)
-    t = time.time()
     job_of = {e.name: make_job(e.row.trainer, e.row.option_dict, e.schedule, e.row.rerun) for e in entries}
     for e in entries:
         jobs.train(job_of[e.name], e.row.option_dict)
-    training_minutes = (time.time() - t) / 60
+    every_run = {j.key: j for e in entries for j in job_of[e.name].chain().values()}
+    training_minutes = sum(jobs.minutes(j) for j in every_run.values())
 
     import torch
     from nnunet_allstage.evaluation import evaluate, find_test_cases
     from nnunet_allstage.inference import load_model
     from nnunet_allstage.modalities import combinations
     cases = find_test_cases(test_raw / "imagesTr", test_raw / "labelsTr", ".nii.gz", 4)
-    t = time.time()
+    evaluation_minutes = 0.0
     result = SeedResult(seed, {}, {}, {}, {}, {}, {}, step_ratio, {})
     for e in entries:
         job = job_of[e.name]
         out = workdir / "evaluation" / f"{job.key}_{e.checkpoint.removesuffix('.pth')}"
         if not (out / "results.csv").is_file():
+            t = time.time()
             model = load_model(jobs.folder(job), "all", e.checkpoint, torch.device(args.device), False, e.name)
             evaluate([model], cases, combinations(4), out, log=lambda *_: None)
+            (out / "study_minutes.json").write_text(json.dumps({"minutes": (time.time() - t) / 60}))
+        record = out / "study_minutes.json"
+        evaluation_minutes += json.loads(record.read_text())["minutes"] if record.is_file() else math.nan
         result.per_case_dice[e.name], result.hd95[e.name] = per_case_metrics(out / "results.csv")
         result.cost[e.name] = chain_cost(job, step_ratio)
         result.minutes[e.name] = [jobs.minutes(job), jobs.chain_minutes(job)]
         result.iterations[e.name] = {j.trainer: j.iterations for j in job.chain().values()}
         result.loss_terms[e.name] = {j.trainer: loss_terms(jobs.folder(j)) for j in job.chain().values()
                                      if j.trainer != "AllStageMAETrainer"}
-    result.timing = {"training_min": round(training_minutes, 1), "evaluation_min": round((time.time() - t) / 60, 1)}
+    # from each run's own record, so that a study finished over several --resume invocations reports its whole cost
+    result.timing = {"training_min": round(training_minutes, 1), "evaluation_min": round(evaluation_minutes, 1)}
     return result, entries
 
 
@@ -500,7 +505,7 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
         names = [e.name for e in entries if e.section == "budget" and e.schedule == schedule]
         budget = schedule.default
         baselines = [e for e in entries if e.section == "budget" and e.row is MDROP and e.schedule.default % budget == 0
-                     and e.schedule.default // budget in BASELINE_MULTIPLES_SHOWN]
+                     and 1 <= e.schedule.default // budget <= MOST_BASELINE_MULTIPLE_SHOWN]
         for e in baselines:
             labels[e.name] = f"{e.row.label}, {e.schedule.default // budget}x ({e.schedule.default} it)"
         names += [e.name for e in baselines if e.name not in names]
@@ -523,7 +528,8 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
                                    f"stock nnU-Net iterations of the measured step costs.")
 
 
-BASELINE_MULTIPLES_SHOWN = (1, 2, 4, 8)
+# beside a budget's rows, MDrop at each whole multiple of that budget up to this one (the compute-matched range)
+MOST_BASELINE_MULTIPLE_SHOWN = 8
 
 
 def frontier_plot(entries: list[Entry], results: list[SeedResult], path: Path, title: str) -> None:
@@ -695,8 +701,8 @@ def main(argv=None) -> None:
     header = [f"### {date.today().isoformat()}: {', '.join(r.name for r in rows) or 'splits'} at "
               f"{', '.join(map(str, args.budgets))} it/trainer" + (f", splits at {args.chain_budget} stock it"
                                                                    if args.chain_budget else ""),
-              "", f"- command: `{command}`", f"- machine: {machine()}; this run's wall time {total} min "
-              f"(per seed: {', '.join(str(r.timing) for r in results)})",
+              "", f"- command: `{command}`", f"- machine: {machine()}; recorded minutes per seed "
+              f"{', '.join(str(r.timing) for r in results)} (this invocation {total} min)",
               f"- data: {title}; test cases {', '.join(c.case_id for c in test_cases)}; seeds "
               f"{', '.join(str(r.seed) for r in results)}",
               "- step cost vs stock nnUNetTrainer (seed-averaged): " + ", ".join(
