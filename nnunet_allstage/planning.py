@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.modalities import AVAILABILITY_FILE, read_availability
 
 DEFAULT_PLANNER = "ExperimentPlanner"
+FINGERPRINT_SOURCE_FILE = "fingerprint_source.json"
 PLANNER_PLANS_NAMES = {"ExperimentPlanner": "nnUNetPlans", "nnUNetPlannerResEncM": "nnUNetResEncUNetMPlans",
                        "nnUNetPlannerResEncL": "nnUNetResEncUNetLPlans",
                        "nnUNetPlannerResEncXL": "nnUNetResEncUNetXLPlans"}
@@ -23,6 +25,27 @@ PLANNER_PLANS_NAMES = {"ExperimentPlanner": "nnUNetPlans", "nnUNetPlannerResEncM
 def spacing_plans_name(base: str, spacing: Sequence[float]) -> str:
     parts = [format(float(s), "g") for s in spacing]
     return f"{base}_{parts[0]}mm" if len(set(parts)) == 1 else f"{base}_{'x'.join(parts)}mm"
+
+
+def raw_folder_state(raw: Path) -> str:
+    """A digest of the name, size and modification time of every file under a raw dataset folder."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in raw.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(raw)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def fingerprint_is_current(raw: Path, preprocessed: Path) -> bool:
+    """Whether nnU-Net's dataset fingerprint in ``preprocessed`` was taken from the raw folder as it is now, so that
+    planning again (another planner, spacing or configuration) need not read every image again."""
+    if not (preprocessed / "dataset_fingerprint.json").is_file():
+        return False
+    try:
+        recorded = json.loads((preprocessed / FINGERPRINT_SOURCE_FILE).read_text())["raw_state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return recorded == raw_folder_state(raw)
 
 
 @contextlib.contextmanager
@@ -40,8 +63,8 @@ def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullre
                  target_spacing: Sequence[float] | None = None, plans_name: str | None = None,
                  num_processes: int = 2, gpu_memory_target_gb: float | None = None,
                  log: Callable[[str], None] = print) -> str:
-    """Fingerprint (with integrity check), plan, preprocess, then write splits and check availability.
-    Returns the plans identifier."""
+    """Fingerprint (with integrity check; the fingerprint is taken again only when a raw file changed), plan,
+    preprocess, then write splits and check availability. Returns the plans identifier."""
     paths = {n: nnunet_folder(n) for n in ("nnUNet_raw", "nnUNet_preprocessed")}
     name = dataset_name_from_id(dataset_id)
     raw = paths["nnUNet_raw"] / name
@@ -55,11 +78,19 @@ def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullre
             raise AllStageError("--target-spacing applies to 3d_fullres only (nnU-Net's own rule); use -c 3d_fullres")
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
+    preprocessed = paths["nnUNet_preprocessed"] / name
+    raw_state = raw_folder_state(raw)
+    reuse_fingerprint = fingerprint_is_current(raw, preprocessed)
     with _planning_safe_environment():
         try:
-            extract_fingerprints([dataset_id], check_dataset_integrity=True, num_processes=num_processes, clean=True)
+            extract_fingerprints([dataset_id], check_dataset_integrity=True, num_processes=num_processes,
+                                 clean=not reuse_fingerprint)
         except AssertionError as e:
             raise AllStageError(f"nnU-Net's dataset integrity check failed for {name}: {e}") from None
+        if reuse_fingerprint:
+            log(f"reusing the dataset fingerprint of {name}: no file under {raw} changed since it was taken")
+        else:
+            (preprocessed / FINGERPRINT_SOURCE_FILE).write_text(json.dumps({"raw_state": raw_state}))
         plans_identifier = plan_experiments([dataset_id], planner, gpu_memory_target_in_gb=gpu_memory_target_gb,
                                             overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
         planned = json.loads((paths["nnUNet_preprocessed"] / name / f"{plans_identifier}.json").read_text())
@@ -67,7 +98,6 @@ def plan_dataset(dataset_id: int, *, configurations: Sequence[str] = ("3d_fullre
             if c in planned["configurations"]:
                 check_deep_supervision_depth(planned["configurations"][c], c, plans_identifier)
         preprocess([dataset_id], plans_identifier, list(configurations), [num_processes])
-    preprocessed = paths["nnUNet_preprocessed"] / name
     write_splits_final(record, preprocessed)
     shutil.copyfile(raw / AVAILABILITY_FILE, preprocessed / AVAILABILITY_FILE)
     plans = json.loads((preprocessed / f"{plans_identifier}.json").read_text())

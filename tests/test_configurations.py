@@ -73,6 +73,8 @@ def test_residual_encoder_plans_end_to_end_with_unlabelled_cases(unlabelled_work
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
         "nnunet-allstage: error: plans nnUNetResEncUNetMPlans_2mm, 3d_fullres: the planned network has 2 resolution "
         "stages")
+    # planned before from the same raw files: the fingerprint is not taken again
+    assert f"reusing the dataset fingerprint of {ws.raw.name}" in refused.stdout
     ws.cli("plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "1.5", "1.5", "1.5")
     plans = "nnUNetResEncUNetMPlans_1.5mm"
     stage4 = train_and_predict(ws, tmp_path, "3d_fullres", plans, validate_fold=True)

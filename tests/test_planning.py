@@ -8,7 +8,7 @@ from nnunet_allstage.cli import main
 from nnunet_allstage.conversion import convert_brats
 from nnunet_allstage.errors import AllStageError
 from nnunet_allstage.modalities import read_availability
-from nnunet_allstage.planning import check_preprocessed_availability
+from nnunet_allstage.planning import FINGERPRINT_SOURCE_FILE, check_preprocessed_availability, fingerprint_is_current
 
 
 def test_plan_synthetic_writes_splits_and_checks_availability(workspace):
@@ -49,6 +49,33 @@ def test_plan_coarse_spacing_three_modalities(nnunet_env, synthetic_src):
     plans = json.loads((pre / "nnUNetPlans_1.5mm.json").read_text())
     assert plans["configurations"]["3d_fullres"]["spacing"] == [1.5, 1.5, 1.5]
     assert (pre / "nnUNetPlans_1.5mm_3d_fullres").is_dir()
+
+
+def test_fingerprint_is_taken_again_only_when_a_raw_file_changed(tmp_path, workspace):
+    """The session's dataset was planned once (fingerprint and its source recorded); on a copy, every kind of change
+    to the raw folder makes the fingerprint stale."""
+    import os
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    shutil.copytree(workspace.raw, raw)  # copytree keeps modification times, so the copy is the same raw state
+    pre.mkdir()
+    for name in ("dataset_fingerprint.json", FINGERPRINT_SOURCE_FILE):
+        shutil.copy(workspace.preprocessed / name, pre)
+    assert fingerprint_is_current(raw, pre)
+    image = next((raw / "imagesTr").glob("*_0000.nii.gz"))
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten in place, same size
+    assert not fingerprint_is_current(raw, pre)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint_is_current(raw, pre)
+    (raw / "imagesTr" / "extra_0000.nii.gz").write_bytes(b"")  # a file added
+    assert not fingerprint_is_current(raw, pre)
+    (raw / "imagesTr" / "extra_0000.nii.gz").unlink()
+    assert fingerprint_is_current(raw, pre)
+    (pre / FINGERPRINT_SOURCE_FILE).write_text("{not json")  # an unreadable record: take the fingerprint again
+    assert not fingerprint_is_current(raw, pre)
+    shutil.copy(workspace.preprocessed / FINGERPRINT_SOURCE_FILE, pre)
+    (pre / "dataset_fingerprint.json").unlink()
+    assert not fingerprint_is_current(raw, pre)
 
 
 def test_plan_errors(nnunet_env, capsys):
