@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -694,7 +695,7 @@ def main(argv=None) -> None:
         sys.exit(f"error: {e}")
     regions = [r for r in next(iter(results[0].per_case_dice.values()))[test_cases[0].case_id] if r != "avg"]
     total = round((time.time() - start) / 60, 1)
-    command = "python scripts/studies/study_real.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/studies/study_real.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     labelled = f", labelled fraction {args.labelled_fraction}" if args.labelled_fraction is not None else ""
     title = (f"{len(train_cases)} training / {len(test_cases)} test cases, {args.spacing} mm, FM {args.fm_ratio}"
              f"{labelled}, {len(results)} seed(s)")
