@@ -88,6 +88,9 @@ def test_entries_of_a_frontier_study():
     splits = [e for e in entries if e.section == "split"]
     assert splits[0].schedule.iterations("AllStageTrainer") == 128
     assert splits[-1].row is study_real.MDROP and splits[-1].schedule.default == 896
+    # another seed measures other step costs, hence other iterations, under the same name: its tables can join
+    slower = study_real.entries_of(study_real.select_rows("method", None), args, {**RATIO, "AllStageTrainer": 3.5})
+    assert slower[-1].schedule.default == 960 and slower[-1].name == splits[-1].name
     with pytest.raises(SystemExit):
         study_real.parse_args(["--budgets", "100"])  # not whole epochs of 16
 
@@ -130,3 +133,18 @@ def test_each_budget_table_shows_mdrop_at_every_whole_multiple_up_to_eight():
     # 768 = 6 x 128 is shown beside 128; 1536 = 12 x 128 is not, but is 3 x 512; 128 is below 512
     assert "MDrop, 1x (128 it)" in tables[0] and "MDrop, 6x (768 it)" in tables[0] and "1536" not in tables[0]
     assert "MDrop, 3x (1536 it)" in tables[1] and "(128 it)" not in tables[1] and "(768 it)" not in tables[1]
+
+
+def test_two_seeds_with_different_cost_matched_iterations_make_one_split_table():
+    args = study_real.parse_args(["--rows", "", "--no-baselines", "--budgets", "128", "--chain-budget", "equal:128",
+                                  "--splits", "1:1:1:1"])
+    per_seed = [study_real.entries_of([], args, {**RATIO, "AllStageTrainer": ratio}) for ratio in (3.0, 3.5)]
+    results = []
+    for seed, entries in enumerate(per_seed):
+        r = seed_result(seed, {e.name: {"c1": 0.5 + seed / 10, "c2": 0.4} for e in entries})
+        r.iterations = {e.name: {t: e.schedule.iterations(t) for t in study_real.CHAIN[-1:]} for e in entries}
+        results.append(r)
+    table = study_real.study_tables(per_seed[-1], results, ["WT"], "")
+    mdrop = next(line for line in table.splitlines() if line.startswith("| nnU-Net + MDrop at the same cost |"))
+    # 896 and 960 stock iterations at the stock step cost of 1, in whole epochs of 16
+    assert "| 896 or 960 |" in mdrop

@@ -378,6 +378,9 @@ def chain_budget(spec: str, step_ratio: dict) -> float:
     return float(spec)
 
 
+SAME_COST = "the chain's cost"
+
+
 def entries_of(rows: list[Row], args, step_ratio: dict) -> list[Entry]:
     """Every model the study evaluates: each row at each budget, MDrop at each multiple of each budget, and with
     --chain-budget the full method at each split and MDrop at the same cost."""
@@ -399,8 +402,9 @@ def entries_of(rows: list[Row], args, step_ratio: dict) -> list[Entry]:
         for weights in args.splits:
             entries.append(Entry(ROWS["stage4"], split_schedule(weights, budget, step_ratio, args.iterations),
                                  "split"))
+        # named by its role, not its iterations: each seed matches the cost with its own measured step costs
         its = max(1, round(budget / step_ratio[BASELINE] / args.iterations)) * args.iterations
-        entries.append(Entry(MDROP, Schedule(f"{its} it", its), "split"))
+        entries.append(Entry(MDROP, Schedule(SAME_COST, its), "split"))
     unique = {}
     for e in entries:
         unique.setdefault(e.name, e)
@@ -477,7 +481,8 @@ def entry_table(names: list[str], labels: dict, results: list[SeedResult], regio
              f" | Dice avg | paired Δ{ref} (± s.e., n={n_cases}) | wins | HD95 avg (mm) | chain cost (stock it) | "
              f"train min (own / chain) |", "|---|---|" + "---|" * (len(regions) + 6)]
     for name in names:
-        cells = [labels[name], " / ".join(str(v) for v in results[0].iterations[name].values())]
+        per_seed = dict.fromkeys(" / ".join(str(v) for v in r.iterations[name].values()) for r in results)
+        cells = [labels[name], " or ".join(per_seed)]
         cases = sorted(results[0].per_case_dice[name])
         for region in regions + ["avg"]:
             cells.append(_fmt([np.mean([r.per_case_dice[name][c][region] for c in cases]) for r in results]))
@@ -517,7 +522,7 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
     if splits:
         for e in splits:
             labels[e.name] = (f"{e.row.label}, {e.schedule.name}" if e.row is not MDROP else
-                              f"{e.row.label} at the same cost ({e.schedule.default} it)")
+                              f"{e.row.label} at the same cost")
         reference = next(e.name for e in splits if e.row is MDROP)
         blocks.append("**the chain at a fixed total cost, split over stages 1-4**\n\n" +
                       entry_table([e.name for e in splits], labels, results, regions, reference))
