@@ -148,3 +148,23 @@ def test_two_seeds_with_different_cost_matched_iterations_make_one_split_table()
     mdrop = next(line for line in table.splitlines() if line.startswith("| nnU-Net + MDrop at the same cost |"))
     # 896 and 960 stock iterations at the stock step cost of 1, in whole epochs of 16
     assert "| 896 or 960 |" in mdrop
+
+
+def test_frontier_curves_join_mdrop_at_the_chains_cost_to_its_curve(tmp_path):
+    args = study_real.parse_args(["--budgets", "128,512", "--baseline-iterations", "128,832", "--chain-budget",
+                                  "equal:512", "--splits", "1:1:1:1", "--also-best"])
+    entries = study_real.entries_of(study_real.select_rows("method", None), args, RATIO)
+    results = [seed_result(0, {e.name: {"c1": 0.5, "c2": 0.3} for e in entries})]
+    for e in entries:
+        results[0].cost[e.name] = study_real.chain_cost(study_real.make_job(e.row.trainer, e.row.option_dict,
+                                                                             e.schedule), RATIO)
+    curves, singles = study_real.frontier_curves(entries, results)
+    # MDrop through 128, 832 and the chain's cost at 512 it/trainer (512 * 7 = 3584 stock it)
+    assert [x for x, _, _ in curves[study_real.MDROP.label]] == [128, 832, 3584]
+    # each row through its two budgets; Dice 40 +- s.e. 10 (per case 50 and 30)
+    assert curves["stage 4: co-distillation (deployed)"] == [(896, 40.0, 10.0), (3584, 40.0, 10.0)]
+    assert len(curves["stage 2: hyper-network (the teacher) (checkpoint_best)"]) == 2
+    assert [(label, mdrop) for label, _, mdrop in singles] == \
+        [("split 1:1:1:1", False), ("nnU-Net + MDrop, same cost as the splits", True)]
+    study_real.frontier_plot(entries, results, tmp_path / "frontier.png", "test")
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000

@@ -538,6 +538,26 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
 MOST_BASELINE_MULTIPLE_SHOWN = 8
 
 
+def frontier_curves(entries: list[Entry], results: list[SeedResult]) -> tuple[dict, list]:
+    """({label: [(cost, Dice, s.e.), ...] by cost} of every row through its budgets and of MDrop through all its
+    iteration counts, the run at the chain's cost included; [(label, point, is_mdrop)] of the split section), with
+    cost in stock nnU-Net iterations, Dice the mean of the seed-averaged per-case Dice and s.e. over the test cases."""
+    def point(name: str) -> tuple[float, float, float]:
+        cases = sorted(results[0].per_case_dice[name])
+        per_case = np.array([[r.per_case_dice[name][c]["avg"] for c in cases] for r in results]).mean(0) * 100
+        return (float(np.mean([r.cost[name] for r in results])), float(per_case.mean()),
+                float(per_case.std(ddof=1) / np.sqrt(len(per_case))) if len(per_case) > 1 else 0.0)
+
+    curves: dict = {}
+    for e in entries:
+        if e.section == "budget" or e.row is MDROP:
+            key = e.row.label + (" (checkpoint_best)" if e.checkpoint != "checkpoint_final.pth" else "")
+            curves.setdefault(key, set()).add(point(e.name))
+    singles = [(e.schedule.name if e.row is not MDROP else f"{MDROP.label}, same cost as the splits", point(e.name),
+                e.row is MDROP) for e in entries if e.section == "split"]
+    return {k: sorted(v) for k, v in curves.items()}, singles
+
+
 def frontier_plot(entries: list[Entry], results: list[SeedResult], path: Path, title: str) -> None:
     """x: the chain's cost in stock nnU-Net iterations (log), y: mean Dice; one line per row through its budgets,
     MDrop's curve through all its iteration counts, the splits as points; error bars: ± s.e. over the test cases
@@ -546,29 +566,15 @@ def frontier_plot(entries: list[Entry], results: list[SeedResult], path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def point(name: str) -> tuple[float, float, float]:
-        cases = sorted(results[0].per_case_dice[name])
-        per_case = np.array([[r.per_case_dice[name][c]["avg"] for c in cases] for r in results]).mean(0) * 100
-        return (float(np.mean([r.cost[name] for r in results])), float(per_case.mean()),
-                float(per_case.std(ddof=1) / np.sqrt(len(per_case))) if len(per_case) > 1 else 0.0)
-
+    curves, singles = frontier_curves(entries, results)
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    groups: dict = {}
-    for e in entries:
-        if e.section == "budget":
-            key = (e.row.label if e.row is not MDROP else MDROP.label) +                 (" (checkpoint_best)" if e.checkpoint != "checkpoint_final.pth" else "")
-            groups.setdefault(key, []).append(point(e.name))
-    for key, points in groups.items():
-        points = sorted(set(points))
+    for key, points in curves.items():
         x, y, err = zip(*points)
         style = dict(color="black", marker="s", linestyle="--") if key == MDROP.label else dict(marker="o")
         ax.errorbar(x, y, yerr=err, capsize=3, label=key, **style)
-    for e in entries:
-        if e.section == "split":
-            x, y, err = point(e.name)
-            label = e.schedule.name if e.row is not MDROP else f"{MDROP.label}, same cost"
-            ax.errorbar([x], [y], yerr=[err], capsize=3, marker="*" if e.row is not MDROP else "D", markersize=10,
-                        linestyle="none", label=label)
+    for label, (x, y, err), is_mdrop in singles:
+        ax.errorbar([x], [y], yerr=[err], capsize=3, marker="D" if is_mdrop else "*", markersize=10,
+                    linestyle="none", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("training cost of the whole chain (stock nnU-Net iterations)")
     ax.set_ylabel("Dice avg over WT/TC/ET and 15 combinations (%)")
