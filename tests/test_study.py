@@ -124,15 +124,18 @@ def test_paired_differences_by_hand():
     assert header.count("|") == rule.count("|")
 
 
-def test_each_budget_table_shows_mdrop_at_every_whole_multiple_up_to_eight():
-    args = study_real.parse_args(["--budgets", "128,512", "--baseline-iterations", "128,768,1536"])
+def test_each_budget_table_shows_mdrop_from_one_to_eight_times_its_budget():
+    args = study_real.parse_args(["--budgets", "128,512", "--baseline-iterations", "128,768,832,1536"])
     entries = study_real.entries_of(study_real.select_rows("method", None), args, RATIO)
     per_case = {"c1": 0.5, "c2": 0.4}
     results = [seed_result(0, {e.name: per_case for e in entries})]
     tables = study_real.study_tables(entries, results, ["WT"], "stage4").split("**512 it/trainer**")
-    # 768 = 6 x 128 is shown beside 128; 1536 = 12 x 128 is not, but is 3 x 512; 128 is below 512
+    # beside 128: 1x, 6x and 6.5x (832 = the chain's cost, not a whole multiple); 1536 = 12 x 128 is beyond 8x
     assert "MDrop, 1x (128 it)" in tables[0] and "MDrop, 6x (768 it)" in tables[0] and "1536" not in tables[0]
-    assert "MDrop, 3x (1536 it)" in tables[1] and "(128 it)" not in tables[1] and "(768 it)" not in tables[1]
+    assert "MDrop, 6.5x (832 it)" in tables[0]
+    # beside 512: 1.5x, 1.6x (832 / 512 = 1.625) and 3x; 128 is below 1x
+    assert "MDrop, 1.5x (768 it)" in tables[1] and "MDrop, 1.6x (832 it)" in tables[1]
+    assert "MDrop, 3x (1536 it)" in tables[1] and "(128 it)" not in tables[1]
 
 
 def test_two_seeds_with_different_cost_matched_iterations_make_one_split_table():

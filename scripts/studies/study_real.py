@@ -510,10 +510,10 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
     for schedule in schedules:
         names = [e.name for e in entries if e.section == "budget" and e.schedule == schedule]
         budget = schedule.default
-        baselines = [e for e in entries if e.section == "budget" and e.row is MDROP and e.schedule.default % budget == 0
-                     and 1 <= e.schedule.default // budget <= MOST_BASELINE_MULTIPLE_SHOWN]
+        baselines = [e for e in entries if e.section == "budget" and e.row is MDROP
+                     and 1 <= e.schedule.default / budget <= MOST_BASELINE_MULTIPLE_SHOWN]
         for e in baselines:
-            labels[e.name] = f"{e.row.label}, {e.schedule.default // budget}x ({e.schedule.default} it)"
+            labels[e.name] = f"{e.row.label}, {round(e.schedule.default / budget, 1):g}x ({e.schedule.default} it)"
         names += [e.name for e in baselines if e.name not in names]
         reference = f"{reference_row} @ {schedule.name}"
         blocks.append(f"**{schedule.name}**\n\n" + entry_table(names, labels, results, regions,
@@ -534,7 +534,7 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
                                    f"stock nnU-Net iterations of the measured step costs.")
 
 
-# beside a budget's rows, MDrop at each whole multiple of that budget up to this one (the compute-matched range)
+# beside a budget's rows, MDrop at 1x up to this many times that budget (the compute-matched range)
 MOST_BASELINE_MULTIPLE_SHOWN = 8
 
 
