@@ -171,3 +171,23 @@ def test_frontier_curves_join_mdrop_at_the_chains_cost_to_its_curve(tmp_path):
         [("split 1:1:1:1", False), ("nnU-Net + MDrop, same cost as the splits", True)]
     study_real.frontier_plot(entries, results, tmp_path / "frontier.png", "test")
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_loss_term_lines_give_first_and_last_epoch_of_stages_3_and_4():
+    args = study_real.parse_args(["--budgets", "512", "--no-baselines", "--also-best"])
+    entries = study_real.entries_of(study_real.select_rows("method", None), args, RATIO)
+    results = [seed_result(0, {e.name: {"c1": 0.5} for e in entries})]
+    results[0].loss_terms = {e.name: {} for e in entries}
+    results[0].loss_terms["stage4 @ 512 it/trainer"] = {
+        "AllStageHyperTrainer": {"train_losses": [0.9, 0.1]},
+        "AllStageMAEDATrainer": {"train_rec_loss": [0.24, 0.2, 0.19], "train_seg_loss": [0.06, -0.02],
+                                 "train_losses": [0.3, 0.2]},
+        "AllStageTrainer": {"train_task_loss": [0.34, -0.21], "train_data_loss": [-0.3, -0.3],
+                            "train_kd_loss": [0.63, 0.14], "train_grad_student": [2.0, 1.5]}}
+    text = study_real.loss_term_lines(entries, results)
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    # one chain logs the terms; the checkpoint_best entries and stage 2 (no terms of its own) give no line
+    assert lines == ["- stage4 @ 512 it/trainer, seed 0: stage 3 rec 0.240 → 0.190, seg 0.060 → -0.020; stage 4 "
+                     "task 0.340 → -0.210, data -0.300 → -0.300, kd 0.630 → 0.140, grad_student 2.000 → 1.500"]
+    results[0].loss_terms = {e.name: {} for e in entries}
+    assert study_real.loss_term_lines(entries, results) == ""

@@ -534,6 +534,30 @@ def study_tables(entries: list[Entry], results: list[SeedResult], regions: list[
                                    f"stock nnU-Net iterations of the measured step costs.")
 
 
+# the trainers whose own loss terms (Eq. 3's, Eq. 6's) the study reports, with the stage they are
+TERM_STAGES = {"AllStageMAEDATrainer": "stage 3", "AllStageTrainer": "stage 4"}
+
+
+def loss_term_lines(entries: list[Entry], results: list[SeedResult]) -> str:
+    """Per seed and chain, the first and last epoch's mean of each loss term stages 3 and 4 log beside nnU-Net's
+    own (L_rec and L_seg; L_task, L_data, L_KD and the gradient norms), read from each run's checkpoint."""
+    lines = []
+    for e in entries:
+        if e.checkpoint != "checkpoint_final.pth":
+            continue
+        for r in results:
+            parts = []
+            for trainer, stage in TERM_STAGES.items():
+                terms = {k.removeprefix("train_").removesuffix("_loss"): v
+                         for k, v in r.loss_terms.get(e.name, {}).get(trainer, {}).items() if k != "train_losses" and v}
+                if terms:
+                    parts.append(f"{stage} " + ", ".join(f"{k} {v[0]:.3f} → {v[-1]:.3f}" for k, v in terms.items()))
+            if parts:
+                lines.append(f"- {e.name}, seed {r.seed}: " + "; ".join(parts))
+    return ("Loss terms, first → last epoch (mean over each epoch's iterations):\n\n" + "\n".join(lines)) if lines \
+        else ""
+
+
 # beside a budget's rows, MDrop at 1x up to this many times that budget (the compute-matched range)
 MOST_BASELINE_MULTIPLE_SHOWN = 8
 
@@ -720,7 +744,9 @@ def main(argv=None) -> None:
               "- step cost vs stock nnUNetTrainer (seed-averaged): " + ", ".join(
                   f"{t} {np.mean([r.step_ratio[t] for r in results]):.2f}" for t in results[0].step_ratio),
               "- CLIP: random weights (no CLIP download offline); the hyper-network's codes carry no language", ""]
-    text = "\n".join(header) + study_tables(entries, results, regions, args.reference) + "\n"
+    terms = loss_term_lines(entries, results)
+    text = "\n".join(header) + study_tables(entries, results, regions, args.reference) + "\n" + \
+        (f"\n{terms}\n" if terms else "")
     (workdir / "study_results.md").write_text(text)
     (workdir / "study_summary.json").write_text(json.dumps(
         {"settings": {k: v for k, v in vars(args).items()}, "command": command, "machine": machine(),
