@@ -589,17 +589,22 @@ def frontier_plot(entries: list[Entry], results: list[SeedResult], path: Path, t
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     curves, singles = frontier_curves(entries, results)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for key, points in curves.items():
         x, y, err = zip(*points)
-        style = dict(color="black", marker="s", linestyle="--") if key == MDROP.label else dict(marker="o")
+        style = dict(color="black", marker="s", linestyle="--") if key == MDROP.label else \
+            dict(marker="o", linestyle=":" if key.endswith("(checkpoint_best)") else "-")
         ax.errorbar(x, y, yerr=err, capsize=3, label=key, **style)
     for label, (x, y, err), is_mdrop in singles:
         ax.errorbar([x], [y], yerr=[err], capsize=3, marker="D" if is_mdrop else "*", markersize=10,
                     linestyle="none", label=label)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training cost of the whole chain (stock nnU-Net iterations)")
     ax.set_ylabel("Dice avg over WT/TC/ET and 15 combinations (%)")
     ax.set_title(title, fontsize=9)
