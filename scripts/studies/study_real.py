@@ -750,7 +750,7 @@ def main(argv=None) -> None:
                   f"{t} {np.mean([r.step_ratio[t] for r in results]):.2f}" for t in results[0].step_ratio),
               "- CLIP: random weights (no CLIP download offline); the hyper-network's codes carry no language", ""]
     terms = loss_term_lines(entries, results)
-    text = "\n".join(header) + study_tables(entries, results, regions, args.reference) + "\n" + \
+    text = "\n".join(header) + "\n" + study_tables(entries, results, regions, args.reference) + "\n" + \
         (f"\n{terms}\n" if terms else "")
     (workdir / "study_results.md").write_text(text)
     (workdir / "study_summary.json").write_text(json.dumps(
