@@ -47,10 +47,9 @@ def small_fingerprint_samples():
         assert hasattr(self, "num_foreground_voxels_for_intensitystats"), "nnU-Net renamed its fingerprint sample size"
         self.num_foreground_voxels_for_intensitystats = FINGERPRINT_FOREGROUND_SAMPLES
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(DatasetFingerprintExtractor, "__init__", init)
-    yield
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DatasetFingerprintExtractor, "__init__", init)
+        yield
 
 
 @pytest.fixture
@@ -177,10 +176,7 @@ def unlabelled_workspace(tmp_path_factory, synthetic_src):
             next(target.glob("*_seg.nii.gz")).unlink()
     ws.cli("convert-brats", "--src", str(src), "--unlabelled-src", str(unlabelled), "-d", str(UNLABELLED_DATASET_ID),
            "--fm-ratio", "0.25", "--seed", "0")
-    mp = pytest.MonkeyPatch()  # planned in this process, where the fingerprint draws fewer samples
-    ws.use(mp)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # planned in this process, where the fingerprint draws fewer samples
+        ws.use(mp)
         assert main(["plan", "-d", str(UNLABELLED_DATASET_ID)]) == 0
-    finally:
-        mp.undo()
     return ws
