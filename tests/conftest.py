@@ -164,7 +164,7 @@ def trained(workspace):
 @pytest.fixture(scope="session")
 def unlabelled_workspace(tmp_path_factory, synthetic_src):
     """Five labelled synthetic cases plus three in a folder of their own without label files, converted with
-    `convert-brats --unlabelled-src` and planned with `plan`, through the user's command."""
+    `convert-brats --unlabelled-src` and planned with `plan`, through the command's entry point."""
     from nnunet_allstage.cli import main
     ws = _workspace(tmp_path_factory, "unlabelled", UNLABELLED_DATASET_ID)
     src, unlabelled = ws.root / "labelled_src", ws.root / "unlabelled_src"
@@ -174,9 +174,9 @@ def unlabelled_workspace(tmp_path_factory, synthetic_src):
         shutil.copytree(case, target)
         if i >= 5:
             next(target.glob("*_seg.nii.gz")).unlink()
-    ws.cli("convert-brats", "--src", str(src), "--unlabelled-src", str(unlabelled), "-d", str(UNLABELLED_DATASET_ID),
-           "--fm-ratio", "0.25", "--seed", "0")
-    with pytest.MonkeyPatch.context() as mp:  # planned in this process, where the fingerprint draws fewer samples
+    with pytest.MonkeyPatch.context() as mp:  # in this process, where the fingerprint draws fewer samples
         ws.use(mp)
+        assert main(["convert-brats", "--src", str(src), "--unlabelled-src", str(unlabelled), "-d",
+                     str(UNLABELLED_DATASET_ID), "--fm-ratio", "0.25", "--seed", "0"]) == 0
         assert main(["plan", "-d", str(UNLABELLED_DATASET_ID)]) == 0
     return ws
