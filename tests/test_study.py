@@ -91,8 +91,9 @@ def test_entries_of_a_frontier_study():
     # another seed measures other step costs, hence other iterations, under the same name: its tables can join
     slower = study_real.entries_of(study_real.select_rows("method", None), args, {**RATIO, "AllStageTrainer": 3.5})
     assert slower[-1].schedule.default == 960 and slower[-1].name == splits[-1].name
-    with pytest.raises(SystemExit):
-        study_real.parse_args(["--budgets", "100"])  # not whole epochs of 16
+    for whole_epochs_only in (["--budgets", "100"], ["--budgets", "128", "--baseline-iterations", "832,3500"]):
+        with pytest.raises(SystemExit):  # 100 and 3500 are not whole epochs of 16
+            study_real.parse_args(whole_epochs_only)
 
 
 def seed_result(seed, dice_by_entry):

@@ -678,9 +678,10 @@ def parse_args(argv=None):
     except ValueError:
         parser.error("--budgets, --baseline-multiples and --baseline-iterations take comma-separated whole numbers, "
                      "--chain-budget a number or equal:B")
-    bad = [b for b in args.budgets if b <= 0 or b % args.iterations]
-    if bad:
-        parser.error(f"--budgets: {bad[0]} is not a positive multiple of --iterations {args.iterations}")
+    for option, values in (("--budgets", args.budgets), ("--baseline-iterations", args.baseline_iterations or [])):
+        bad = [b for b in values if b <= 0 or b % args.iterations]
+        if bad:  # a run trains whole epochs: its name and its cost would overstate what was trained
+            parser.error(f"{option}: {bad[0]} is not a positive multiple of --iterations {args.iterations}")
     args.splits = [parse_split(s) for s in args.splits.split(",")] if args.chain_budget else []
     if args.labelled_fraction is not None and not 0 < args.labelled_fraction <= 1:
         parser.error("--labelled-fraction must lie in (0, 1]")
