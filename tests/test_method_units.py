@@ -178,8 +178,12 @@ def test_embedding_table_survives_checkpoint_roundtrip(tmp_path):
 def test_clip_table_random_cached_and_missing_weights_error(tmp_path, monkeypatch):
     from nnunet_allstage.errors import AllStageError
     from nnunet_allstage.text_embeddings import RANDOM_CLIP_TAG, clip_table
+    import huggingface_hub.constants
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: where an earlier test imported it, the variable alone
+    # would let the refusal below wait for the Hub's network timeouts (47 s) before failing
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     table, description = clip_table(("FLAIR", "T1", "T1c", "T2"), pretrained=RANDOM_CLIP_TAG)
     assert table.shape == (15, 512) and torch.allclose(table.norm(dim=1), torch.ones(15))
     assert "RANDOM" in description
