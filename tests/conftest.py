@@ -111,14 +111,22 @@ class Workspace:
             raise AssertionError(f"{trainer} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
-    def cli(self, *args: str, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-        """The `nnunet-allstage` command a user types, in this workspace's environment."""
+    def cli(self, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+        """The `nnunet-allstage` command a user types, as a process of its own in this workspace's environment."""
         result = subprocess.run([str(BIN / "nnunet-allstage"), *args], env={**self.env, **(env_extra or {})},
                                 capture_output=True, text=True)
-        if check and result.returncode != 0:
+        if result.returncode != 0:
             raise AssertionError(f"nnunet-allstage {' '.join(args)} failed:\n{result.stdout[-3000:]}\n"
                                  f"{result.stderr[-3000:]}")
         return result
+
+    def main(self, *args: str) -> int:
+        """`nnunet-allstage ARGS` through its entry point in the test's process (no interpreter start-up), in this
+        workspace's environment; its exit status."""
+        from nnunet_allstage.cli import main
+        with pytest.MonkeyPatch.context() as mp:
+            self.use(mp)
+            return main(list(args))
 
 
     def use(self, monkeypatch) -> None:
@@ -165,7 +173,6 @@ def trained(workspace):
 def unlabelled_workspace(tmp_path_factory, synthetic_src):
     """Five labelled synthetic cases plus three in a folder of their own without label files, converted with
     `convert-brats --unlabelled-src` and planned with `plan`, through the command's entry point."""
-    from nnunet_allstage.cli import main
     ws = _workspace(tmp_path_factory, "unlabelled", UNLABELLED_DATASET_ID)
     src, unlabelled = ws.root / "labelled_src", ws.root / "unlabelled_src"
     cases = sorted(p for p in synthetic_src.iterdir() if p.is_dir())
@@ -174,9 +181,8 @@ def unlabelled_workspace(tmp_path_factory, synthetic_src):
         shutil.copytree(case, target)
         if i >= 5:
             next(target.glob("*_seg.nii.gz")).unlink()
-    with pytest.MonkeyPatch.context() as mp:  # in this process, where the fingerprint draws fewer samples
-        ws.use(mp)
-        assert main(["convert-brats", "--src", str(src), "--unlabelled-src", str(unlabelled), "-d",
-                     str(UNLABELLED_DATASET_ID), "--fm-ratio", "0.25", "--seed", "0"]) == 0
-        assert main(["plan", "-d", str(UNLABELLED_DATASET_ID)]) == 0
+    # in this process, where the fingerprint draws fewer samples
+    assert ws.main("convert-brats", "--src", str(src), "--unlabelled-src", str(unlabelled), "-d",
+                   str(UNLABELLED_DATASET_ID), "--fm-ratio", "0.25", "--seed", "0") == 0
+    assert ws.main("plan", "-d", str(UNLABELLED_DATASET_ID)) == 0
     return ws

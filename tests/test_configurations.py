@@ -20,14 +20,6 @@ STAGES = ("AllStageMAETrainer_1epoch", "AllStageHyperTrainer_1epoch", "AllStageM
           "AllStageTrainer_1epoch")
 
 
-def allstage(ws, *args: str) -> int:
-    """`nnunet-allstage ARGS` through its entry point, in this process and the workspace's environment."""
-    from nnunet_allstage.cli import main
-    with pytest.MonkeyPatch.context() as mp:
-        ws.use(mp)
-        return main(list(args))
-
-
 def predict_case_missing_two(ws, tmp: Path, configuration: str, plans: str) -> tuple[Path, Path]:
     """`nnunet-allstage predict` on a test case whose T1 and T2 files are absent."""
     case = ws.test_case()
@@ -35,7 +27,7 @@ def predict_case_missing_two(ws, tmp: Path, configuration: str, plans: str) -> t
     inp.mkdir()
     for channel in (0, 2):  # FLAIR and T1c only
         shutil.copy(ws.raw / "imagesTs" / f"{case}_{channel:04d}.nii.gz", inp)
-    assert allstage(ws, "predict", "-i", str(inp), "-o", str(out), "-d", str(ws.dataset_id), "-f", "0", "-c",
+    assert ws.main("predict", "-i", str(inp), "-o", str(out), "-d", str(ws.dataset_id), "-f", "0", "-c",
                     configuration, "-p", plans, "-tr", STAGES[-1], "-device", "cpu", "--disable_tta") == 0
     return ws.raw / "labelsTs" / f"{case}.nii.gz", out / f"{case}.nii.gz"
 
@@ -60,7 +52,7 @@ def train_and_predict(ws, tmp: Path, configuration: str, plans: str, validate_fo
 
 
 def test_2d_configuration_end_to_end(workspace, tmp_path):
-    assert allstage(workspace, "plan", "-d", str(workspace.dataset_id), "-c", "2d") == 0
+    assert workspace.main("plan", "-d", str(workspace.dataset_id), "-c", "2d") == 0
     stage4 = train_and_predict(workspace, tmp_path, "2d", "nnUNetPlans")
     # the hyper head follows the planned convolutions: its feature projection is a Conv2d weight (out, in, 1, 1)
     projection = [v for k, v in stage4["network_weights"].items() if k.endswith("feature_proj.2.weight")]
@@ -79,7 +71,7 @@ def test_residual_encoder_plans_end_to_end_with_unlabelled_cases(unlabelled_work
     # at 2 mm these small images give a network of two resolution stages, whose deep-supervision loss nnU-Net makes
     # NaN: refused in one line before preprocessing
     capsys.readouterr()
-    assert allstage(ws, "plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "2", "2",
+    assert ws.main("plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "2", "2",
                     "2") == 2
     refused = capsys.readouterr()
     assert refused.err.strip().splitlines()[-1].startswith(
@@ -87,7 +79,7 @@ def test_residual_encoder_plans_end_to_end_with_unlabelled_cases(unlabelled_work
         "stages")
     # planned before from the same raw files: the fingerprint is not taken again
     assert f"reusing the dataset fingerprint of {ws.raw.name}" in refused.out
-    assert allstage(ws, "plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "1.5",
+    assert ws.main("plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "1.5",
                     "1.5", "1.5") == 0
     plans = "nnUNetResEncUNetMPlans_1.5mm"
     stage4 = train_and_predict(ws, tmp_path, "3d_fullres", plans, validate_fold=True)
