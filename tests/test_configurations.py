@@ -2,8 +2,8 @@
 `-c 2d` on the shared dataset, and the residual-encoder presets (`plan -pl nnUNetPlannerResEncM`) on the dataset
 whose training set holds cases without labels (so that one run also proves conversion, planning and all four stages
 with unlabelled cases). One iteration per stage. `train` runs as the user's process (it starts nnUNetv2_train per
-stage); `plan` and `predict` run through the same entry point in the test's process, which saves an interpreter's
-start-up each."""
+stage; in the residual-encoder run it finds stages 1-3 trained, skips them and trains stage 4); `plan` and
+`predict` run through the same entry point in the test's process, which saves an interpreter's start-up each."""
 import json
 import shutil
 from pathlib import Path
@@ -32,12 +32,19 @@ def predict_case_missing_two(ws, tmp: Path, configuration: str, plans: str) -> t
     return ws.raw / "labelsTs" / f"{case}.nii.gz", out / f"{case}.nii.gz"
 
 
-def train_and_predict(ws, tmp: Path, configuration: str, plans: str, validate_fold: bool = False) -> dict:
-    """All four stages, one iteration each (with nnU-Net's validation of the fold at the end of each segmentation
-    stage where ``validate_fold``), then `predict`."""
-    ws.cli("train", "-d", str(ws.dataset_id), "-f", "0", "-c", configuration, "-p", plans, "--schedule", "1epoch",
-           "-device", "cpu", "--no-validate",
-           env_extra={**ONE_ITERATION, "NNUNET_ALLSTAGE_FINAL_VALIDATION": str(int(validate_fold))})
+def train_and_predict(ws, tmp: Path, configuration: str, plans: str, validate_deployed: bool = False) -> dict:
+    """All four stages, one iteration each, then `predict`. With ``validate_deployed``, stages 1-3 are trained first
+    through nnUNetv2_train and `train` skips them and trains stage 4, which ends in nnU-Net's validation of the
+    fold (the session's chain already validates stage 2)."""
+    if validate_deployed:
+        for trainer in STAGES[:-1]:
+            ws.train(trainer, "-p", plans, env_extra=ONE_ITERATION)
+    result = ws.cli("train", "-d", str(ws.dataset_id), "-f", "0", "-c", configuration, "-p", plans, "--schedule",
+                    "1epoch", "-device", "cpu", "--no-validate",
+                    env_extra={**ONE_ITERATION, "NNUNET_ALLSTAGE_FINAL_VALIDATION": str(int(validate_deployed))})
+    if validate_deployed:
+        skipped = [line[:len("[skip] stage 1")] for line in result.stdout.splitlines() if line.startswith("[skip]")]
+        assert skipped == ["[skip] stage 1", "[skip] stage 2", "[skip] stage 3"], result.stdout
     for trainer in STAGES:
         assert (ws.output_folder(trainer, plans, configuration) / "checkpoint_final.pth").is_file()
     stage4 = torch.load(ws.output_folder(STAGES[-1], plans, configuration) / "checkpoint_final.pth",
@@ -82,13 +89,13 @@ def test_residual_encoder_plans_end_to_end_with_unlabelled_cases(unlabelled_work
     assert ws.main("plan", "-d", str(ws.dataset_id), "-pl", "nnUNetPlannerResEncM", "--target-spacing", "1.5",
                     "1.5", "1.5") == 0
     plans = "nnUNetResEncUNetMPlans_1.5mm"
-    stage4 = train_and_predict(ws, tmp_path, "3d_fullres", plans, validate_fold=True)
+    stage4 = train_and_predict(ws, tmp_path, "3d_fullres", plans, validate_deployed=True)
     # the residual encoder's blocks are in the student's weights (ResidualEncoderUNet, not PlainConvUNet)
     assert any(".blocks." in k and k.startswith("encoder.stages") for k in stage4["network_weights"])
     assert any(".blocks." in k for k in stage4["allstage"].get("recovery_weights", {}))
-    # stage 3 logged its two terms; nnU-Net's final validation of stage 2 ran on the labelled validation case
+    # stage 3 logged its two terms; nnU-Net's final validation of stage 4 ran on the labelled validation case
     stage3 = torch.load(ws.output_folder(STAGES[2], plans) / "checkpoint_final.pth", map_location="cpu",
                         weights_only=False)
     assert len(stage3["logging"]["train_rec_loss"]) == len(stage3["logging"]["train_seg_loss"]) == 1
-    summary = json.loads((ws.output_folder(STAGES[1], plans) / "validation" / "summary.json").read_text())
+    summary = json.loads((ws.output_folder(STAGES[3], plans) / "validation" / "summary.json").read_text())
     assert [c["reference_file"].split("/")[-1][:-7] for c in summary["metric_per_case"]] == record["split"]["val"]

@@ -17,10 +17,26 @@ from conftest import BIN, DATASET_ID
 pytestmark = pytest.mark.slow
 
 
-def predict_without_clip(ws, trainer: str, zero_channels=(1, 3)) -> tuple[Path, Path]:
-    """Stock nnUNetv2_predict on a test case with two modalities zeroed, with open_clip made unimportable."""
+@pytest.fixture(scope="module")
+def predict_without_clip(trained):
+    """Stock nnUNetv2_predict on a test case with two modalities zeroed, with open_clip made unimportable: a function
+    of the trainer (and the zeroed channels) that predicts once per model and input in this module. Sequential
+    (`-npp 0 -nps 0`): nnU-Net's worker processes cost seconds of imports each, and the GPU check's test predicts
+    through them with our model."""
+    done = {}
+
+    def predict(trainer: str, zero_channels=(1, 3)) -> tuple[Path, Path]:
+        key = (trainer, tuple(zero_channels))
+        if key not in done:
+            done[key] = _predict_without_clip(trained, trainer, key[1])
+        return done[key]
+    return predict
+
+
+def _predict_without_clip(ws, trainer: str, zero_channels) -> tuple[Path, Path]:
     raw, case = ws.raw, ws.test_case()
-    inp, out = ws.root / f"pred_in_{trainer}_{''.join(map(str, zero_channels))}", ws.root / f"pred_out_{trainer}"
+    zeroed = ''.join(map(str, zero_channels))
+    inp, out = ws.root / f"pred_in_{trainer}_{zeroed}", ws.root / f"pred_out_{trainer}_{zeroed}"
     shutil.rmtree(out, ignore_errors=True)
     inp.mkdir(exist_ok=True)
     for ch in range(4):
@@ -30,7 +46,7 @@ def predict_without_clip(ws, trainer: str, zero_channels=(1, 3)) -> tuple[Path, 
     blocker.mkdir(parents=True, exist_ok=True)
     (blocker / "__init__.py").write_text("raise ImportError('CLIP must not be needed at inference')\n")
     cmd = [str(BIN / "nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres",
-           "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"]
+           "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_tta"]
     result = subprocess.run(cmd, env={**ws.env, "PYTHONPATH": str(blocker.parent)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return raw / "labelsTs" / f"{case}.nii.gz", out / f"{case}.nii.gz"
@@ -78,7 +94,7 @@ def test_stage1_resume_with_c(trained):
     assert "Epoch 1" in result.stdout and "Epoch 0\n" not in result.stdout
 
 
-def test_stage2_hyper_and_stock_prediction(trained):
+def test_stage2_hyper_and_stock_prediction(trained, predict_without_clip):
     folder = trained.output_folder("AllStageHyperTrainer_1epoch")
     log = next(folder.glob("training_log_*.txt")).read_text()
     assert "initialised from stage 1" in log and "tensors loaded" in log
@@ -88,7 +104,7 @@ def test_stage2_hyper_and_stock_prediction(trained):
     table = ckpt["network_weights"]["code_table"]
     assert table.shape == (15, 512) and table.abs().sum() > 0
     assert "RANDOM" in ckpt["allstage"]["code_table"]
-    reference, prediction = predict_without_clip(trained, "AllStageHyperTrainer_1epoch")
+    reference, prediction = predict_without_clip("AllStageHyperTrainer_1epoch")
     assert_valid_segmentation(reference, prediction)
 
 
@@ -110,15 +126,15 @@ def test_missing_stage1_is_a_clear_error(workspace, tmp_path):
     assert "-tr AllStageMAETrainer_5epochs" in result.stderr + result.stdout
 
 
-def test_dropout_baseline(trained):
+def test_dropout_baseline(trained, predict_without_clip):
     folder = trained.output_folder("AllStageDropoutTrainer_1epoch")
     assert "final validation skipped" in next(folder.glob("training_log_*.txt")).read_text()
     assert not (folder / "validation").exists()
-    reference, prediction = predict_without_clip(trained, "AllStageDropoutTrainer_1epoch")
+    reference, prediction = predict_without_clip("AllStageDropoutTrainer_1epoch")
     assert_valid_segmentation(reference, prediction)
 
 
-def test_stage3_stage4_and_stock_prediction(trained):
+def test_stage3_stage4_and_stock_prediction(trained, predict_without_clip):
     ckpt3 = checkpoint(trained, "AllStageMAEDATrainer_1epoch")
     assert len(ckpt3["logging"]["train_rec_loss"]) == 1 and len(ckpt3["logging"]["train_seg_loss"]) == 1
     assert list(trained.output_folder("AllStageMAEDATrainer_1epoch").glob("reconstruction_preview_*.png"))
@@ -128,7 +144,7 @@ def test_stage3_stage4_and_stock_prediction(trained):
     assert not any(k.startswith(("teacher", "recovery")) for k in ckpt4["network_weights"])  # the student alone
     assert ckpt4["allstage"]["stage"].startswith("stage 4") and "RANDOM" in ckpt4["allstage"]["code_table"]
     assert ckpt4["allstage"]["options"]["student_init"] == "stage3"
-    reference, prediction = predict_without_clip(trained, "AllStageTrainer_1epoch")
+    reference, prediction = predict_without_clip("AllStageTrainer_1epoch")
     assert_valid_segmentation(reference, prediction)
 
 
@@ -230,7 +246,7 @@ def _model(ws, trainer, folder: Path | None = None):
                       False, trainer)
 
 
-def test_in_memory_zeroing_equals_zero_filled_files(trained):
+def test_in_memory_zeroing_equals_zero_filled_files(trained, predict_without_clip):
     """evaluate's in-memory channel zeroing gives the segmentation stock nnUNetv2_predict gives on files."""
     from nnunet_allstage.inference import predict_combination, preprocess_case
     trainer = "AllStageTrainer_1epoch"
@@ -238,7 +254,7 @@ def test_in_memory_zeroing_equals_zero_filled_files(trained):
     case = trained.test_case()
     files = [trained.raw / "imagesTs" / f"{case}_{c:04d}.nii.gz" for c in range(4)]
     data, props = preprocess_case(model.predictor, files)
-    reference, stock = predict_without_clip(trained, trainer, zero_channels=(1, 3))  # code (1, 0, 1, 0)
+    reference, stock = predict_without_clip(trainer, zero_channels=(1, 3))  # code (1, 0, 1, 0)
     ours = predict_combination(model, data, props, (1, 0, 1, 0))
     theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(stock)))
     assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
