@@ -5,6 +5,7 @@ with unlabelled cases). One iteration per stage. `train` runs as the user's proc
 stage; in the residual-encoder run it finds stages 1-3 trained, skips them and trains stage 4); `plan` and
 `predict` run through the same entry point in the test's process, which saves an interpreter's start-up each."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,8 +44,8 @@ def train_and_predict(ws, tmp: Path, configuration: str, plans: str, validate_de
                     "1epoch", "-device", "cpu", "--no-validate",
                     env_extra={**ONE_ITERATION, "NNUNET_ALLSTAGE_FINAL_VALIDATION": str(int(validate_deployed))})
     if validate_deployed:
-        skipped = [line[:len("[skip] stage 1")] for line in result.stdout.splitlines() if line.startswith("[skip]")]
-        assert skipped == ["[skip] stage 1", "[skip] stage 2", "[skip] stage 3"], result.stdout
+        assert re.findall(r"^\[skip\] (stage \d)", result.stdout, re.M) == ["stage 1", "stage 2", "stage 3"], \
+            result.stdout
     for trainer in STAGES:
         assert (ws.output_folder(trainer, plans, configuration) / "checkpoint_final.pth").is_file()
     stage4 = torch.load(ws.output_folder(STAGES[-1], plans, configuration) / "checkpoint_final.pth",
