@@ -74,6 +74,16 @@ def test_split_schedule_meets_the_budget_in_whole_epochs():
         study_real.parse_split("1:1:1")
 
 
+def test_step_costs_measured_beside_other_work_are_refused():
+    # rounds of the study's step benchmark on one machine (s/it): alone, then beside a test run
+    alone = {"nnUNetTrainer": [1.083, 1.185], "AllStageMAEDATrainer": [1.957, 1.899], "AllStageTrainer": [3.062, 3.157]}
+    beside_tests = {"nnUNetTrainer": [4.350, 1.204], "AllStageMAEDATrainer": [6.280, 10.052],
+                    "AllStageTrainer": [12.244, 9.545]}
+    assert study_real.disagreeing_rounds({n: {"rounds_s": r} for n, r in alone.items()}) == ""
+    busy = study_real.disagreeing_rounds({n: {"rounds_s": r} for n, r in beside_tests.items()})
+    assert busy == "nnUNetTrainer 3.6x, AllStageMAEDATrainer 1.6x, AllStageTrainer 1.3x"
+
+
 def test_entries_of_a_frontier_study():
     args = study_real.parse_args(["--budgets", "128,512", "--baseline-multiples", "1,4", "--chain-budget", "equal:128",
                                   "--splits", "1:1:1:1,1:1:0.5:2", "--also-best"])

@@ -123,8 +123,8 @@ def main() -> None:
 
 def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: int, workdir: Path,
                   trainers: list[str], rounds: int = 1, compile: bool = False, glibc_allocator: bool = False) -> dict:
-    """{trainer: {median_s, peak_mb, patch, batch}}, each trainer in its own process, in every round; the
-    fastest round counts. Untrained predecessors."""
+    """{trainer: {median_s, peak_mb, patch, batch, rounds_s}}, each trainer in its own process, in every round;
+    the fastest round counts (rounds_s: every round's median). Untrained predecessors."""
     import os
     import torch
     predecessor_checkpoints(dataset_id, torch.device("cpu"), plans)
@@ -139,8 +139,10 @@ def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: 
                 print(f"{name}: failed\n{out.stderr[-2000:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            every_round = results.get(name, {}).get("rounds_s", []) + [r["median_s"]]
             if name not in results or r["median_s"] < results[name]["median_s"]:
                 results[name] = r
+            results[name]["rounds_s"] = every_round
             print(f"round {round_ + 1}/{rounds}  {name:<24} {r['median_s'] * 1000:9.1f} ms/it   "
                   f"peak {r['peak_mb']:8.0f} MB", flush=True)
     return results

@@ -297,9 +297,22 @@ class SeedResult:
     timing: dict  # training and evaluation minutes of this seed
 
 
+# two rounds of one trainer's step further apart than this: something else ran on the machine (alone, the
+# rounds of the study's trainers agree within 10 %; beside a test run they were up to 5x apart)
+ROUNDS_AGREE = 1.25
+STEP_ATTEMPTS = 3
+
+
+def disagreeing_rounds(steps: dict) -> str:
+    """'trainer max/min, ...' of the trainers whose rounds are further apart than ROUNDS_AGREE; '' if none."""
+    spread = {name: max(r["rounds_s"]) / min(r["rounds_s"]) for name, r in steps.items()}
+    return ", ".join(f"{name} {ratio:.1f}x" for name, ratio in spread.items() if ratio > ROUNDS_AGREE)
+
+
 def measure_step_ratios(trainers: list[str], plans: str, workdir: Path, device: str) -> dict:
     """{trainer: s/it / stock's s/it} on the study's plans, measured by the benchmark (fastest of two rounds of
-    five steps each), with untrained predecessors in a results folder of its own. Measured once per seed folder."""
+    five steps each, measured again while the rounds disagree), with untrained predecessors in a results folder of
+    its own. Measured once per seed folder."""
     saved = workdir / "step_ratios.json"
     if saved.is_file():
         return json.loads(saved.read_text())["ratio"]
@@ -316,12 +329,23 @@ def measure_step_ratios(trainers: list[str], plans: str, workdir: Path, device: 
     try:
         for name in order:
             untrained_checkpoint(STUDY_DATASET_ID, name, torch.device("cpu"), plans)
-        steps = measure_steps(STUDY_DATASET_ID, plans, device, 5, 1, workdir / "bench", [STOCK] + order, rounds=2)
+        for attempt in range(1, STEP_ATTEMPTS + 1):
+            steps = measure_steps(STUDY_DATASET_ID, plans, device, 5, 1, workdir / "bench", [STOCK] + order,
+                                  rounds=2)
+            busy = disagreeing_rounds(steps)
+            if not busy:
+                break
+            print(f"step costs: rounds disagree ({busy}), attempt {attempt}/{STEP_ATTEMPTS}", flush=True)
+        else:
+            sys.exit(f"step costs of {busy} differ between rounds by more than {ROUNDS_AGREE}x: other work is "
+                     "using the cores, which would mis-match every compute-matched baseline; run the study alone "
+                     "(nothing was saved; rerun with --resume)")
     finally:
         os.environ["nnUNet_results"] = results_dir
     stock = steps[STOCK]["median_s"]
     ratio = {name: r["median_s"] / stock for name, r in steps.items()}
-    saved.write_text(json.dumps({"ratio": ratio, "seconds": {n: r["median_s"] for n, r in steps.items()}}, indent=1))
+    saved.write_text(json.dumps({"ratio": ratio, "seconds": {n: r["median_s"] for n, r in steps.items()},
+                                 "rounds_s": {n: r["rounds_s"] for n, r in steps.items()}}, indent=1))
     return ratio
 
 
