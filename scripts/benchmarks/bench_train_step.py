@@ -128,7 +128,7 @@ def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: 
     import os
     import torch
     predecessor_checkpoints(dataset_id, torch.device("cpu"), plans)
-    results = {}
+    results, every_round = {}, {}
     for round_ in range(rounds):
         for name in trainers:
             cmd = [sys.executable, __file__, "-d", str(dataset_id), "-p", plans, "--device", device,
@@ -139,13 +139,12 @@ def measure_steps(dataset_id: int, plans: str, device: str, steps: int, warmup: 
                 print(f"{name}: failed\n{out.stderr[-2000:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            every_round = results.get(name, {}).get("rounds_s", []) + [r["median_s"]]
+            every_round.setdefault(name, []).append(r["median_s"])
             if name not in results or r["median_s"] < results[name]["median_s"]:
                 results[name] = r
-            results[name]["rounds_s"] = every_round
             print(f"round {round_ + 1}/{rounds}  {name:<24} {r['median_s'] * 1000:9.1f} ms/it   "
                   f"peak {r['peak_mb']:8.0f} MB", flush=True)
-    return results
+    return {name: {**r, "rounds_s": every_round[name]} for name, r in results.items()}
 
 
 def print_ratios(results: dict, device: str, steps: int, warmup: int, rounds: int = 1,
